@@ -1,0 +1,93 @@
+// The SQLite backend: idem's embedded default.
+//
+// One dedup table `idem_dedup` with PRIMARY KEY(scope, id), ids as BLOB, and one version table
+// `idem_versions`, in WAL mode. Every state change runs in a `BEGIN IMMEDIATE` transaction with a
+// busy timeout; a claim or takeover is a single INSERT … ON CONFLICT DO UPDATE … WHERE statement,
+// never read-then-write, so several processes may share one database file safely.
+//
+// Two ways to use it:
+//  - NewSqliteStore: a DedupStore on its own connection(s), for lease mode (Processor).
+//  - SqliteTransactional: exactly-once effect. The library opens the transaction on the caller's
+//    connection, inserts the dedup row, runs the handler with that connection, applies the
+//    version gate and commits once. A duplicate or stale event rolls back; a throwing handler
+//    rolls back everything and the exception propagates unchanged.
+//
+// Thread-safety: a store from NewSqliteStore is safe for concurrent use. A SqliteTransactional
+// uses the caller's connection and is as thread-safe as that connection: one thread at a time.
+#ifndef IDEM_SQLITE_STORE_H_
+#define IDEM_SQLITE_STORE_H_
+
+#include <chrono>
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "absl/functional/function_ref.h"
+#include "absl/status/statusor.h"
+#include "idem/processor.h"
+#include "idem/store.h"
+#include "idem/types.h"
+
+struct sqlite3;
+
+namespace idem {
+
+enum class SqliteSynchronous { kOff, kNormal, kFull, kExtra };
+
+struct SqliteStoreOptions {
+  // Path of the database file; created if absent.
+  std::string path;
+  // PRAGMA synchronous. FULL survives power loss; NORMAL (WAL) survives a process crash.
+  SqliteSynchronous synchronous = SqliteSynchronous::kFull;
+  // How long a writer waits for another process's lock before the call fails with Unavailable.
+  std::chrono::milliseconds busy_timeout{5'000};
+  // Retention of COMPLETED records when Complete does not say.
+  std::chrono::milliseconds retention = kDefaultRetention;
+  std::size_t max_id_bytes = kDefaultMaxIdBytes;
+  // Time source; nullptr means SystemClock() (wall clock, shared by processes). Not owned.
+  Clock* clock = nullptr;
+  // Fencing token source; nullptr means a random source. Tokens must be non-zero, unique per claim.
+  std::function<uint64_t()> token_source;
+};
+
+// Opens (creating or migrating the schema forward) the database at options.path.
+// Errors: InvalidArgument (bad options), Unavailable (cannot open or locked), FailedPrecondition
+// (the file holds a newer schema than this build knows), DataLoss (corrupt file).
+[[nodiscard]] absl::StatusOr<std::unique_ptr<DedupStore>> NewSqliteStore(SqliteStoreOptions options);
+
+// The schema version this build writes.
+int SqliteSchemaVersion();
+
+using SqliteHandler = absl::FunctionRef<void(sqlite3* db, HandlerContext& context)>;
+
+struct SqliteTransactionalOptions {
+  std::chrono::milliseconds retention = kDefaultRetention;
+  std::size_t max_id_bytes = kDefaultMaxIdBytes;
+  bool fingerprint_payloads = true;
+  Clock* clock = nullptr;  // nullptr: SystemClock()
+};
+
+// Transactional mode on a caller's connection (DESIGN.md §5): I2 exactly-once effect for the
+// handler's writes on `db`.
+class SqliteTransactional {
+ public:
+  // Creates (or migrates) the idem tables in `db`'s main database. `db` is not owned and must
+  // outlive this object. REQUIRES: `db` is not inside a transaction.
+  [[nodiscard]] static absl::StatusOr<std::unique_ptr<SqliteTransactional>> Create(
+      sqlite3* db, std::string scope, SqliteTransactionalOptions options = {});
+  virtual ~SqliteTransactional() = default;
+
+  // BEGIN IMMEDIATE; insert the dedup row; check the version gate; run `handler(db, context)`;
+  // raise the version; COMMIT. Returns kProcessed after the commit; kDuplicate, kStale,
+  // kConflict or kInProgress (a live lease-mode claim holds the id) after a rollback with the
+  // handler not run. A store error rolls back and returns a status (Unavailable when busy). A
+  // handler exception rolls back and propagates unchanged.
+  [[nodiscard]] virtual absl::StatusOr<ProcessResult> Process(const Message& message,
+                                                              SqliteHandler handler) = 0;
+};
+
+}  // namespace idem
+
+#endif  // IDEM_SQLITE_STORE_H_

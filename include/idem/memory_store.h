@@ -1,0 +1,49 @@
+// The in-memory DedupStore: sharded abseil hash maps under mutexes.
+//
+// For tests and for single-process consumers whose dedup window may be lost on restart. It honours
+// every invariant of DESIGN.md §4 within one process, and bounds its memory (I7): once `capacity`
+// dedup records are held, a new claim fails closed with ResourceExhausted, or, with
+// `evict_oldest`, evicts the oldest COMPLETED record of its shard (never a live claim). Both are
+// counted in Stats().
+//
+// Thread-safety: safe for concurrent use; each shard has its own mutex.
+#ifndef IDEM_MEMORY_STORE_H_
+#define IDEM_MEMORY_STORE_H_
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+
+#include "idem/store.h"
+#include "idem/types.h"
+
+namespace idem {
+
+struct MemoryStoreOptions {
+  // Most dedup records held at once (I7). Must be > 0.
+  std::size_t capacity = 1'000'000;
+  // Most version-gate keys held at once; past it the gate fails closed (ResourceExhausted).
+  std::size_t max_version_keys = 1'000'000;
+  // When full: false (default) fails closed; true evicts the oldest COMPLETED record.
+  bool evict_oldest = false;
+  // How long COMPLETED records are kept when Complete does not say.
+  std::chrono::milliseconds retention = kDefaultRetention;
+  std::size_t max_id_bytes = kDefaultMaxIdBytes;
+  // Number of independently locked shards (rounded up to a power of two).
+  std::size_t shards = 16;
+  // Time source; nullptr means SteadyClock(). Not owned; must outlive the store.
+  Clock* clock = nullptr;
+  // Fencing token source; nullptr means a per-store random source. Tokens must be non-zero and
+  // unique per claim. Tests inject a counter for determinism.
+  std::function<uint64_t()> token_source;
+};
+
+// REQUIRES: options.capacity > 0. Returns InvalidArgument for a bad option.
+[[nodiscard]] absl::StatusOr<std::unique_ptr<DedupStore>> NewMemoryStore(
+    MemoryStoreOptions options = {});
+
+}  // namespace idem
+
+#endif  // IDEM_MEMORY_STORE_H_

@@ -1,0 +1,196 @@
+// DedupStore: the contract every idem backend honours (DESIGN.md §2–§4).
+//
+// A store keeps, per (scope, message id), a dedup record that moves
+//   absent -> IN_PROGRESS(token, lease_until, attempts) -> COMPLETED(result?, fingerprint?, expires_at)
+// and, per (scope, key), the highest applied version (the version gate).
+//
+// Outcomes that a consumer expects in normal operation (duplicate, in progress, stale, conflict,
+// dead-lettered) are values in the results below. A non-OK absl::Status always means the store
+// could not do what was asked and changed nothing that the caller can observe:
+//   InvalidArgument    bad scope, id, key or request (never retried)
+//   Unavailable        the store is down or busy; retry the call with backoff
+//   DeadlineExceeded   the call timed out; the write may or may not have been applied
+//   Aborted            the token no longer owns the claim (lease lost); retry from the claim
+//   ResourceExhausted  a capacity bound was reached (in-memory store)
+//   FailedPrecondition schema or configuration mismatch
+//   DataLoss           the store's data is corrupt
+//   Unimplemented      the operation or backend is not built
+//
+// Thread-safety: every DedupStore implementation is safe to call from several threads at once.
+#ifndef IDEM_STORE_H_
+#define IDEM_STORE_H_
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "idem/types.h"
+
+namespace idem {
+
+// Default lease of a claim, and default retention of a COMPLETED record.
+inline constexpr std::chrono::milliseconds kDefaultLease{30'000};
+inline constexpr std::chrono::milliseconds kDefaultRetention{7LL * 24 * 3600 * 1000};
+
+struct ClaimRequest {
+  std::string_view scope;
+  std::string_view id;
+  // How long the claim is held before anyone may take it over. Must be > 0.
+  std::chrono::milliseconds lease = kDefaultLease;
+  // When set, a record stored with a different fingerprint yields kConflict.
+  std::optional<Fingerprint> fingerprint;
+  // 0: unlimited. Otherwise a claimable record that already had this many attempts yields
+  // kDeadLettered and is not claimed.
+  uint32_t max_attempts = 0;
+  // When set, a version <= the key's applied version yields kStale and nothing is claimed. The
+  // check is repeated atomically at Complete; this early check only saves running a stale handler.
+  std::optional<VersionStamp> version;
+};
+
+enum class ClaimStatus {
+  kAcquired,      // the caller owns the claim: run the handler, then Complete or Release
+  kDuplicate,     // COMPLETED before; `result` holds the stored result if one was saved
+  kInProgress,    // another live claim holds it
+  kStale,         // the version gate refused `request.version`
+  kConflict,      // the id is known with a different payload fingerprint
+  kDeadLettered,  // attempts reached max_attempts
+};
+std::string_view ClaimStatusName(ClaimStatus status);
+
+struct ClaimResult {
+  ClaimStatus status = ClaimStatus::kAcquired;
+  // kAcquired: the fencing token that Complete, Release and Extend must present. Unique per claim.
+  uint64_t token = 0;
+  // kAcquired: this attempt's number, 1 for the first. Otherwise the attempts recorded so far.
+  uint32_t attempt = 0;
+  // kAcquired and kInProgress: when the lease ends, in the store's clock (milliseconds).
+  int64_t lease_until_ms = 0;
+  // kAcquired: true when an expired lease of another claim was taken over.
+  bool took_over = false;
+  // kDuplicate: the result saved by Complete, if any.
+  std::optional<std::string> result;
+  // kStale: the key's applied version.
+  std::optional<uint64_t> applied_version;
+};
+
+struct CompleteRequest {
+  std::string_view scope;
+  std::string_view id;
+  uint64_t token = 0;
+  // Saved with the record and handed back to duplicates.
+  std::optional<std::string_view> result;
+  // Saved with the record if the claim did not already store one.
+  std::optional<Fingerprint> fingerprint;
+  // When set, the version gate is applied atomically with the completion: the record is
+  // COMPLETED either way, and the key's version is raised only if `version` is newer.
+  std::optional<VersionStamp> version;
+  // How long the COMPLETED record is kept. 0: the store's default retention.
+  std::chrono::milliseconds retention{0};
+};
+
+enum class CompleteStatus {
+  kCompleted,  // COMPLETED, and the version (if any) applied
+  kStale,      // COMPLETED, but the version gate refused the version: nothing was applied
+};
+std::string_view CompleteStatusName(CompleteStatus status);
+
+enum class RecordState { kInProgress, kReleased, kCompleted };
+std::string_view RecordStateName(RecordState state);
+
+// What a store holds for one id, for operators and tests.
+struct RecordInfo {
+  RecordState state = RecordState::kInProgress;
+  uint64_t token = 0;
+  uint32_t attempts = 0;
+  int64_t lease_until_ms = 0;  // IN_PROGRESS only
+  int64_t expires_at_ms = 0;   // when the record may be purged
+  std::optional<Fingerprint> fingerprint;
+  std::optional<std::string> result;
+};
+
+// Counters a store keeps since it was opened. Backends fill in what they can count.
+struct StoreStats {
+  uint64_t claims_acquired = 0;
+  uint64_t takeovers = 0;
+  uint64_t duplicates = 0;
+  uint64_t in_progress = 0;
+  uint64_t stale = 0;
+  uint64_t conflicts = 0;
+  uint64_t dead_lettered = 0;
+  uint64_t completed = 0;
+  uint64_t fenced = 0;               // Complete/Release/Extend refused with Aborted
+  uint64_t retention_reclaims = 0;   // an expired COMPLETED record was claimed again
+  uint64_t capacity_rejections = 0;  // in-memory store: ResourceExhausted
+  uint64_t evictions = 0;            // in-memory store: oldest record evicted
+  uint64_t purged = 0;
+};
+
+class DedupStore {
+ public:
+  virtual ~DedupStore() = default;
+
+  // Claims (scope, id): inserts an IN_PROGRESS record with a fresh token, or takes over a record
+  // that was released or whose lease expired (attempts + 1), in one atomic step.
+  // Returns the ClaimResult for every outcome; a non-OK status means nothing was claimed.
+  [[nodiscard]] virtual absl::StatusOr<ClaimResult> Claim(const ClaimRequest& request) = 0;
+
+  // Marks the claim COMPLETED. Returns kCompleted, or kStale when the version gate refused
+  // `request.version`. Aborted (and no change) when `request.token` does not own the claim.
+  [[nodiscard]] virtual absl::StatusOr<CompleteStatus> Complete(const CompleteRequest& request) = 0;
+
+  // Returns the claim to a claimable state at once, keeping the attempt count.
+  // Aborted (and no change) when `token` does not own the claim.
+  [[nodiscard]] virtual absl::Status Release(std::string_view scope, std::string_view id,
+                                             uint64_t token) = 0;
+
+  // Moves the lease end to now + `lease`. Returns the new lease end (store clock, ms).
+  // Aborted (and no change) when `token` does not own the claim.
+  [[nodiscard]] virtual absl::StatusOr<int64_t> Extend(std::string_view scope, std::string_view id,
+                                                       uint64_t token,
+                                                       std::chrono::milliseconds lease) = 0;
+
+  // Claims several ids in one transaction or round trip. One entry per request, in order; a
+  // failure of the whole batch repeats its status in every entry. The default loops over Claim.
+  [[nodiscard]] virtual std::vector<absl::StatusOr<ClaimResult>> ClaimBatch(
+      std::span<const ClaimRequest> requests);
+
+  // Completes several claims in one transaction or round trip, with per-entry outcomes.
+  // The default loops over Complete.
+  [[nodiscard]] virtual std::vector<absl::StatusOr<CompleteStatus>> CompleteBatch(
+      std::span<const CompleteRequest> requests);
+
+  // Deletes COMPLETED records past their retention and abandoned claims past their lease and
+  // retention, at most `limit` of them (0: no limit). Returns how many were deleted.
+  [[nodiscard]] virtual absl::StatusOr<int64_t> PurgeExpired(int64_t limit = 0) = 0;
+
+  // The highest version applied for (scope, key), or nullopt if none was.
+  [[nodiscard]] virtual absl::StatusOr<std::optional<uint64_t>> AppliedVersion(
+      std::string_view scope, std::string_view key) = 0;
+
+  // What the store holds for (scope, id), or nullopt. The default is Unimplemented.
+  [[nodiscard]] virtual absl::StatusOr<std::optional<RecordInfo>> Inspect(std::string_view scope,
+                                                                          std::string_view id);
+
+  // Counters since the store was opened. The default returns zeros.
+  virtual StoreStats Stats() const { return {}; }
+
+  // "memory", "sqlite", "redis", ...
+  virtual std::string_view BackendName() const = 0;
+};
+
+// Validates a claim request against DESIGN.md §2 (scope, id, lease, version key).
+[[nodiscard]] absl::Status ValidateClaimRequest(const ClaimRequest& request,
+                                                std::size_t max_id_bytes = kDefaultMaxIdBytes);
+// Validates a complete request (scope, id, version key).
+[[nodiscard]] absl::Status ValidateCompleteRequest(const CompleteRequest& request,
+                                                   std::size_t max_id_bytes = kDefaultMaxIdBytes);
+
+}  // namespace idem
+
+#endif  // IDEM_STORE_H_

@@ -1,0 +1,415 @@
+#include "idem/memory_store.h"
+
+#include <atomic>
+#include <cstddef>
+#include <deque>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/hash/hash.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "internal/strings.h"
+#include "internal/token.h"
+
+namespace idem {
+namespace {
+
+struct Record {
+  RecordState state = RecordState::kInProgress;
+  uint64_t token = 0;
+  uint32_t attempts = 0;
+  int64_t lease_until = 0;
+  int64_t expires_at = 0;
+  // Creation order, for evict-oldest: a queue entry whose seq differs refers to an earlier
+  // record under the same key and is skipped.
+  uint64_t seq = 0;
+  std::optional<Fingerprint> fingerprint;
+  std::optional<std::string> result;
+};
+
+// A scope never holds NUL (ValidateScope), so scope + '\0' + id is injective.
+std::string RecordKey(std::string_view scope, std::string_view id) {
+  std::string key;
+  key.reserve(scope.size() + 1 + id.size());
+  key.append(scope).push_back('\0');
+  key.append(id);
+  return key;
+}
+
+struct Shard {
+  absl::Mutex mu;
+  absl::flat_hash_map<std::string, Record> records ABSL_GUARDED_BY(mu);
+  // (key, seq) in creation order; maintained only with evict_oldest.
+  std::deque<std::pair<std::string, uint64_t>> order ABSL_GUARDED_BY(mu);
+};
+
+struct VersionShard {
+  absl::Mutex mu;
+  absl::flat_hash_map<std::string, uint64_t> versions ABSL_GUARDED_BY(mu);
+};
+
+struct Counters {
+  std::atomic<uint64_t> claims_acquired{0}, takeovers{0}, duplicates{0}, in_progress{0}, stale{0},
+      conflicts{0}, dead_lettered{0}, completed{0}, fenced{0}, retention_reclaims{0},
+      capacity_rejections{0}, evictions{0}, purged{0};
+
+  static void Add(std::atomic<uint64_t>& counter) { counter.fetch_add(1, std::memory_order_relaxed); }
+};
+
+std::size_t RoundUpToPowerOfTwo(std::size_t n) {
+  std::size_t p = 1;
+  while (p < n) p <<= 1;
+  return p;
+}
+
+// Lock order: a record shard's mutex, then a version shard's mutex; never the other way round.
+class MemoryStore final : public DedupStore {
+ public:
+  explicit MemoryStore(MemoryStoreOptions options)
+      : options_(std::move(options)),
+        clock_(options_.clock != nullptr ? options_.clock : &SteadyClock()),
+        shards_(RoundUpToPowerOfTwo(options_.shards == 0 ? 1 : options_.shards)),
+        version_shards_(shards_.size()) {
+    if (!options_.token_source) options_.token_source = internal::RandomTokenSource();
+  }
+
+  absl::StatusOr<ClaimResult> Claim(const ClaimRequest& request) override {
+    if (absl::Status s = ValidateClaimRequest(request, options_.max_id_bytes); !s.ok()) return s;
+    std::string key = RecordKey(request.scope, request.id);
+    Shard& shard = ShardFor(key);
+    absl::MutexLock lock(&shard.mu);
+    const int64_t now = clock_->NowMillis();
+
+    auto it = shard.records.find(key);
+    bool reclaim_expired = false;
+    if (it != shard.records.end()) {
+      Record& r = it->second;
+      if (request.fingerprint && r.fingerprint && *request.fingerprint != *r.fingerprint) {
+        Counters::Add(counters_.conflicts);
+        return ClaimResult{.status = ClaimStatus::kConflict, .attempt = r.attempts};
+      }
+      if (r.state == RecordState::kCompleted) {
+        if (r.expires_at > now) {
+          Counters::Add(counters_.duplicates);
+          return ClaimResult{.status = ClaimStatus::kDuplicate, .attempt = r.attempts,
+                             .result = r.result};
+        }
+        reclaim_expired = true;
+      } else if (r.state == RecordState::kInProgress && r.lease_until > now) {
+        Counters::Add(counters_.in_progress);
+        return ClaimResult{.status = ClaimStatus::kInProgress, .attempt = r.attempts,
+                           .lease_until_ms = r.lease_until};
+      }
+    }
+
+    if (request.version) {
+      std::optional<uint64_t> applied = LookupVersion(request.scope, request.version->key);
+      if (applied && *applied >= request.version->version) {
+        Counters::Add(counters_.stale);
+        return ClaimResult{.status = ClaimStatus::kStale, .applied_version = applied};
+      }
+    }
+
+    const int64_t lease_until = now + request.lease.count();
+    const int64_t expires_at = lease_until + options_.retention.count();
+    if (it != shard.records.end() && !reclaim_expired) {
+      // RELEASED, or IN_PROGRESS with an expired lease: takeover.
+      Record& r = it->second;
+      if (request.max_attempts > 0 && r.attempts >= request.max_attempts) {
+        Counters::Add(counters_.dead_lettered);
+        return ClaimResult{.status = ClaimStatus::kDeadLettered, .attempt = r.attempts};
+      }
+      const bool took_over = r.state == RecordState::kInProgress;
+      r.state = RecordState::kInProgress;
+      r.token = options_.token_source();
+      r.attempts += 1;
+      r.lease_until = lease_until;
+      r.expires_at = expires_at;
+      if (!r.fingerprint) r.fingerprint = request.fingerprint;
+      Counters::Add(counters_.claims_acquired);
+      if (took_over) Counters::Add(counters_.takeovers);
+      return ClaimResult{.status = ClaimStatus::kAcquired, .token = r.token,
+                         .attempt = r.attempts, .lease_until_ms = lease_until,
+                         .took_over = took_over};
+    }
+
+    if (reclaim_expired) {
+      // Retention ran out: the id is new again (documented; counted).
+      Counters::Add(counters_.retention_reclaims);
+    } else if (absl::Status s = ReserveSlot(shard, now); !s.ok()) {
+      return s;
+    }
+    Record fresh{.state = RecordState::kInProgress,
+                 .token = options_.token_source(),
+                 .attempts = 1,
+                 .lease_until = lease_until,
+                 .expires_at = expires_at,
+                 .seq = next_seq_.fetch_add(1, std::memory_order_relaxed),
+                 .fingerprint = request.fingerprint};
+    const uint64_t token = fresh.token;
+    if (options_.evict_oldest) shard.order.emplace_back(key, fresh.seq);
+    shard.records.insert_or_assign(std::move(key), std::move(fresh));
+    Counters::Add(counters_.claims_acquired);
+    return ClaimResult{.status = ClaimStatus::kAcquired, .token = token, .attempt = 1,
+                       .lease_until_ms = lease_until};
+  }
+
+  absl::StatusOr<CompleteStatus> Complete(const CompleteRequest& request) override {
+    if (absl::Status s = ValidateCompleteRequest(request, options_.max_id_bytes); !s.ok()) return s;
+    const std::string key = RecordKey(request.scope, request.id);
+    Shard& shard = ShardFor(key);
+    absl::MutexLock lock(&shard.mu);
+    Record* r = OwnedRecord(shard, key, request.token);
+    if (r == nullptr) return Fenced("complete");
+    const int64_t now = clock_->NowMillis();
+
+    CompleteStatus status = CompleteStatus::kCompleted;
+    if (request.version) {
+      const std::string vkey = RecordKey(request.scope, request.version->key);
+      VersionShard& vshard = VersionShardFor(vkey);
+      absl::MutexLock vlock(&vshard.mu);
+      auto vit = vshard.versions.find(vkey);
+      if (vit != vshard.versions.end() && vit->second >= request.version->version) {
+        status = CompleteStatus::kStale;
+        Counters::Add(counters_.stale);
+      } else if (vit != vshard.versions.end()) {
+        vit->second = request.version->version;
+      } else {
+        if (version_count_.fetch_add(1, std::memory_order_relaxed) >= options_.max_version_keys) {
+          version_count_.fetch_sub(1, std::memory_order_relaxed);
+          Counters::Add(counters_.capacity_rejections);
+          return absl::ResourceExhaustedError(absl::StrCat(
+              "in-memory store holds max_version_keys=", options_.max_version_keys,
+              " version keys; the completion was not recorded"));
+        }
+        vshard.versions.emplace(vkey, request.version->version);
+      }
+    }
+    const int64_t retention =
+        request.retention.count() > 0 ? request.retention.count() : options_.retention.count();
+    r->state = RecordState::kCompleted;
+    r->lease_until = 0;
+    r->expires_at = now + retention;
+    if (request.result) r->result = std::string(*request.result);
+    if (!r->fingerprint) r->fingerprint = request.fingerprint;
+    Counters::Add(counters_.completed);
+    return status;
+  }
+
+  absl::Status Release(std::string_view scope, std::string_view id, uint64_t token) override {
+    if (absl::Status s = ValidateOwnerArgs(scope, id, token); !s.ok()) return s;
+    const std::string key = RecordKey(scope, id);
+    Shard& shard = ShardFor(key);
+    absl::MutexLock lock(&shard.mu);
+    Record* r = OwnedRecord(shard, key, token);
+    if (r == nullptr) return Fenced("release");
+    r->state = RecordState::kReleased;
+    r->lease_until = 0;
+    r->expires_at = clock_->NowMillis() + options_.retention.count();
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<int64_t> Extend(std::string_view scope, std::string_view id, uint64_t token,
+                                 std::chrono::milliseconds lease) override {
+    if (absl::Status s = ValidateOwnerArgs(scope, id, token); !s.ok()) return s;
+    if (lease.count() <= 0) return absl::InvalidArgumentError("lease must be positive");
+    const std::string key = RecordKey(scope, id);
+    Shard& shard = ShardFor(key);
+    absl::MutexLock lock(&shard.mu);
+    Record* r = OwnedRecord(shard, key, token);
+    if (r == nullptr) return Fenced("extend");
+    r->lease_until = clock_->NowMillis() + lease.count();
+    r->expires_at = r->lease_until + options_.retention.count();
+    return r->lease_until;
+  }
+
+  absl::StatusOr<int64_t> PurgeExpired(int64_t limit) override {
+    int64_t purged = 0;
+    for (Shard& shard : shards_) {
+      absl::MutexLock lock(&shard.mu);
+      const int64_t now = clock_->NowMillis();
+      for (auto it = shard.records.begin(); it != shard.records.end();) {
+        if (limit > 0 && purged >= limit) break;
+        if (IsPurgeable(it->second, now)) {
+          shard.records.erase(it++);
+          ++purged;
+        } else {
+          ++it;
+        }
+      }
+      CompactOrder(shard);
+    }
+    count_.fetch_sub(static_cast<std::size_t>(purged), std::memory_order_relaxed);
+    counters_.purged.fetch_add(static_cast<uint64_t>(purged), std::memory_order_relaxed);
+    return purged;
+  }
+
+  absl::StatusOr<std::optional<uint64_t>> AppliedVersion(std::string_view scope,
+                                                         std::string_view key) override {
+    if (absl::Status s = ValidateScope(scope); !s.ok()) return s;
+    if (absl::Status s = ValidateId(key, options_.max_id_bytes, "version key"); !s.ok()) return s;
+    return LookupVersion(scope, key);
+  }
+
+  absl::StatusOr<std::optional<RecordInfo>> Inspect(std::string_view scope,
+                                                    std::string_view id) override {
+    if (absl::Status s = ValidateScope(scope); !s.ok()) return s;
+    if (absl::Status s = ValidateId(id, options_.max_id_bytes); !s.ok()) return s;
+    const std::string key = RecordKey(scope, id);
+    Shard& shard = ShardFor(key);
+    absl::MutexLock lock(&shard.mu);
+    auto it = shard.records.find(key);
+    if (it == shard.records.end()) return std::optional<RecordInfo>();
+    const Record& r = it->second;
+    return std::optional<RecordInfo>(RecordInfo{.state = r.state,
+                                                .token = r.token,
+                                                .attempts = r.attempts,
+                                                .lease_until_ms = r.lease_until,
+                                                .expires_at_ms = r.expires_at,
+                                                .fingerprint = r.fingerprint,
+                                                .result = r.result});
+  }
+
+  StoreStats Stats() const override {
+    auto get = [](const std::atomic<uint64_t>& c) { return c.load(std::memory_order_relaxed); };
+    return StoreStats{.claims_acquired = get(counters_.claims_acquired),
+                      .takeovers = get(counters_.takeovers),
+                      .duplicates = get(counters_.duplicates),
+                      .in_progress = get(counters_.in_progress),
+                      .stale = get(counters_.stale),
+                      .conflicts = get(counters_.conflicts),
+                      .dead_lettered = get(counters_.dead_lettered),
+                      .completed = get(counters_.completed),
+                      .fenced = get(counters_.fenced),
+                      .retention_reclaims = get(counters_.retention_reclaims),
+                      .capacity_rejections = get(counters_.capacity_rejections),
+                      .evictions = get(counters_.evictions),
+                      .purged = get(counters_.purged)};
+  }
+
+  std::string_view BackendName() const override { return "memory"; }
+
+ private:
+  Shard& ShardFor(const std::string& key) {
+    return shards_[absl::Hash<std::string>{}(key) & (shards_.size() - 1)];
+  }
+  VersionShard& VersionShardFor(const std::string& key) {
+    return version_shards_[absl::Hash<std::string>{}(key) & (version_shards_.size() - 1)];
+  }
+
+  std::optional<uint64_t> LookupVersion(std::string_view scope, std::string_view key) {
+    const std::string vkey = RecordKey(scope, key);
+    VersionShard& vshard = VersionShardFor(vkey);
+    absl::MutexLock lock(&vshard.mu);
+    auto it = vshard.versions.find(vkey);
+    if (it == vshard.versions.end()) return std::nullopt;
+    return it->second;
+  }
+
+  absl::Status ValidateOwnerArgs(std::string_view scope, std::string_view id, uint64_t token) {
+    if (absl::Status s = ValidateScope(scope); !s.ok()) return s;
+    if (absl::Status s = ValidateId(id, options_.max_id_bytes); !s.ok()) return s;
+    if (token == 0) return absl::InvalidArgumentError("token 0 is never issued by a claim");
+    return absl::OkStatus();
+  }
+
+  // The record if `token` owns its live claim, else nullptr.
+  static Record* OwnedRecord(Shard& shard, const std::string& key, uint64_t token)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu) {
+    auto it = shard.records.find(key);
+    if (it == shard.records.end()) return nullptr;
+    Record& r = it->second;
+    if (r.state != RecordState::kInProgress || r.token != token) return nullptr;
+    return &r;
+  }
+
+  absl::Status Fenced(std::string_view operation) {
+    Counters::Add(counters_.fenced);
+    return absl::AbortedError(absl::StrCat(
+        std::string(operation), " refused: the token no longer owns the claim (lease lost)"));
+  }
+
+  static bool IsPurgeable(const Record& r, int64_t now) {
+    if (r.state == RecordState::kInProgress && r.lease_until > now) return false;
+    return r.expires_at <= now;
+  }
+
+  // Takes one slot of the capacity for a new record, evicting if configured (I7).
+  absl::Status ReserveSlot(Shard& shard, int64_t now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu) {
+    if (count_.fetch_add(1, std::memory_order_relaxed) < options_.capacity) {
+      return absl::OkStatus();
+    }
+    if (options_.evict_oldest && EvictOldest(shard, now)) {
+      return absl::OkStatus();  // the evicted record's slot is reused
+    }
+    count_.fetch_sub(1, std::memory_order_relaxed);
+    Counters::Add(counters_.capacity_rejections);
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "in-memory store is full (capacity=", options_.capacity,
+        options_.evict_oldest ? "; nothing evictable in this shard" : "; eviction is off",
+        "); the claim was not recorded"));
+  }
+
+  // Evicts the oldest record of `shard` that is not a live claim. Returns whether one was.
+  bool EvictOldest(Shard& shard, int64_t now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu) {
+    for (auto q = shard.order.begin(); q != shard.order.end();) {
+      auto it = shard.records.find(q->first);
+      if (it == shard.records.end() || it->second.seq != q->second) {
+        q = shard.order.erase(q);  // its record was purged or replaced
+        continue;
+      }
+      const Record& r = it->second;
+      if (r.state == RecordState::kInProgress && r.lease_until > now) {
+        ++q;
+        continue;
+      }
+      shard.records.erase(it);
+      shard.order.erase(q);
+      Counters::Add(counters_.evictions);
+      return true;
+    }
+    return false;
+  }
+
+  // Drops queue entries of records that no longer exist, so the queue stays O(records).
+  static void CompactOrder(Shard& shard) ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu) {
+    if (shard.order.size() <= 2 * shard.records.size() + 64) return;
+    std::deque<std::pair<std::string, uint64_t>> kept;
+    for (auto& entry : shard.order) {
+      auto it = shard.records.find(entry.first);
+      if (it != shard.records.end() && it->second.seq == entry.second) {
+        kept.push_back(std::move(entry));
+      }
+    }
+    shard.order.swap(kept);
+  }
+
+  MemoryStoreOptions options_;
+  Clock* clock_;
+  std::vector<Shard> shards_;
+  std::vector<VersionShard> version_shards_;
+  std::atomic<std::size_t> count_{0};
+  std::atomic<std::size_t> version_count_{0};
+  std::atomic<uint64_t> next_seq_{0};
+  Counters counters_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<DedupStore>> NewMemoryStore(MemoryStoreOptions options) {
+  if (options.capacity == 0) return absl::InvalidArgumentError("capacity must be > 0");
+  if (options.max_version_keys == 0) {
+    return absl::InvalidArgumentError("max_version_keys must be > 0");
+  }
+  if (options.max_id_bytes == 0) return absl::InvalidArgumentError("max_id_bytes must be > 0");
+  if (options.retention.count() <= 0) return absl::InvalidArgumentError("retention must be > 0");
+  if (options.shards > 4096) return absl::InvalidArgumentError("shards must be <= 4096");
+  return std::unique_ptr<DedupStore>(new MemoryStore(std::move(options)));
+}
+
+}  // namespace idem

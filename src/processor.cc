@@ -1,0 +1,228 @@
+#include "idem/processor.h"
+
+#include <exception>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "internal/status_macros.h"
+
+namespace idem {
+namespace {
+
+// Releases a claim if the handler unwinds with an exception. The destructor is noexcept: the
+// handler's exception travels on untouched, and a failed release only means the claim becomes
+// claimable when its lease ends instead of at once (I1 still holds).
+class ReleaseOnUnwind {
+ public:
+  ReleaseOnUnwind(DedupStore& store, std::string_view scope, std::string_view id, uint64_t token)
+      : store_(store), scope_(scope), id_(id), token_(token) {}
+  ReleaseOnUnwind(const ReleaseOnUnwind&) = delete;
+  ReleaseOnUnwind& operator=(const ReleaseOnUnwind&) = delete;
+  ~ReleaseOnUnwind() noexcept {
+    if (armed_) (void)store_.Release(scope_, id_, token_);
+  }
+  void Disarm() { armed_ = false; }
+
+ private:
+  DedupStore& store_;
+  std::string_view scope_;
+  std::string_view id_;
+  uint64_t token_;
+  bool armed_ = true;
+};
+
+}  // namespace
+
+std::string_view OutcomeName(Outcome outcome) {
+  switch (outcome) {
+    case Outcome::kProcessed: return "processed";
+    case Outcome::kDuplicate: return "duplicate";
+    case Outcome::kInProgress: return "in_progress";
+    case Outcome::kStale: return "stale";
+    case Outcome::kConflict: return "conflict";
+    case Outcome::kDeadLettered: return "dead_lettered";
+  }
+  return "unknown";
+}
+
+absl::Status HandlerContext::ExtendLease(std::chrono::milliseconds lease) {
+  if (store_ == nullptr) return absl::OkStatus();  // transactional mode: the transaction holds it
+  return store_->Extend(scope_, message_id_, token_, lease).status();
+}
+
+ProcessResult OutcomeOfClaim(const ClaimResult& claim) {
+  ProcessResult out{.attempt = claim.attempt};
+  switch (claim.status) {
+    case ClaimStatus::kAcquired:  // not an outcome on its own; callers run the handler
+    case ClaimStatus::kInProgress: out.outcome = Outcome::kInProgress; break;
+    case ClaimStatus::kDuplicate:
+      out.outcome = Outcome::kDuplicate;
+      out.result = claim.result;
+      break;
+    case ClaimStatus::kStale: out.outcome = Outcome::kStale; break;
+    case ClaimStatus::kConflict: out.outcome = Outcome::kConflict; break;
+    case ClaimStatus::kDeadLettered: out.outcome = Outcome::kDeadLettered; break;
+  }
+  return out;
+}
+
+absl::StatusOr<Processor> Processor::Create(DedupStore& store, std::string scope,
+                                            ProcessorOptions options) {
+  IDEM_RETURN_IF_ERROR(ValidateScope(scope));
+  if (options.lease.count() <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("lease must be positive, got ", options.lease.count(), " ms"));
+  }
+  if (options.retention.count() < 0) {
+    return absl::InvalidArgumentError("retention must not be negative");
+  }
+  return Processor(store, std::move(scope), options);
+}
+
+ClaimRequest Processor::MakeClaim(const Message& message) const {
+  ClaimRequest request{.scope = scope_,
+                       .id = message.id,
+                       .lease = options_.lease,
+                       .max_attempts = options_.max_attempts,
+                       .version = message.version};
+  if (options_.fingerprint_payloads) request.fingerprint = Fingerprint::Of(message.payload);
+  return request;
+}
+
+absl::StatusOr<ProcessResult> Processor::Process(const Message& message, Handler handler) const {
+  const ClaimRequest request = MakeClaim(message);
+  IDEM_ASSIGN_OR_RETURN(const ClaimResult claim, store_->Claim(request));
+  if (claim.status != ClaimStatus::kAcquired) return OutcomeOfClaim(claim);
+
+  HandlerContext context(store_, scope_, message.id, claim.attempt, claim.token);
+  {
+    ReleaseOnUnwind guard(*store_, scope_, message.id, claim.token);
+    handler(context);
+    guard.Disarm();
+  }
+  CompleteRequest complete{.scope = scope_,
+                           .id = message.id,
+                           .token = claim.token,
+                           .fingerprint = request.fingerprint,
+                           .version = message.version,
+                           .retention = options_.retention};
+  if (context.result()) complete.result = *context.result();
+  // A failed completion leaves the claim to expire: the write may have been applied (a lost
+  // reply), so releasing it could let another consumer run the handler at once.
+  IDEM_ASSIGN_OR_RETURN(const CompleteStatus done, store_->Complete(complete));
+  return ProcessResult{
+      .outcome = done == CompleteStatus::kStale ? Outcome::kStale : Outcome::kProcessed,
+      .result = context.result(),
+      .attempt = claim.attempt};
+}
+
+namespace {
+
+// Per-message bookkeeping of a batch between its claim and its completion.
+struct BatchEntry {
+  std::size_t index = 0;  // position in the caller's batch
+  uint64_t token = 0;
+  uint32_t attempt = 0;
+  bool handled = false;
+  std::optional<std::string> result;
+};
+
+// If a handler throws, completes the messages already handled and releases the ones not yet
+// handled, so the batch leaves nothing claimed behind; the exception travels on untouched.
+class BatchUnwind {
+ public:
+  BatchUnwind(DedupStore& store, std::vector<CompleteRequest>& completes,
+              std::vector<BatchEntry>& entries, std::string_view scope,
+              std::span<const Message> messages)
+      : store_(store), completes_(completes), entries_(entries), scope_(scope),
+        messages_(messages) {}
+  BatchUnwind(const BatchUnwind&) = delete;
+  BatchUnwind& operator=(const BatchUnwind&) = delete;
+  ~BatchUnwind() noexcept {
+    if (!armed_) return;
+    try {
+      if (!completes_.empty()) (void)store_.CompleteBatch(completes_);
+      for (const BatchEntry& entry : entries_) {
+        if (!entry.handled) (void)store_.Release(scope_, messages_[entry.index].id, entry.token);
+      }
+    } catch (...) {
+      // Unwinding already: an allocation failure here leaves the claims to their leases.
+    }
+  }
+  void Disarm() { armed_ = false; }
+
+ private:
+  DedupStore& store_;
+  std::vector<CompleteRequest>& completes_;
+  std::vector<BatchEntry>& entries_;
+  std::string_view scope_;
+  std::span<const Message> messages_;
+  bool armed_ = true;
+};
+
+}  // namespace
+
+std::vector<absl::StatusOr<ProcessResult>> Processor::ProcessBatch(
+    std::span<const Message> messages, Handler handler) const {
+  std::vector<ClaimRequest> requests;
+  requests.reserve(messages.size());
+  for (const Message& message : messages) requests.push_back(MakeClaim(message));
+  std::vector<absl::StatusOr<ClaimResult>> claims = store_->ClaimBatch(requests);
+
+  std::vector<absl::StatusOr<ProcessResult>> out(messages.size(), ProcessResult{});
+  std::vector<BatchEntry> entries;
+  for (std::size_t i = 0; i < messages.size(); ++i) {
+    if (i >= claims.size()) {
+      out[i] = absl::InternalError("the store returned fewer claim results than requests");
+    } else if (!claims[i].ok()) {
+      out[i] = claims[i].status();
+    } else if (claims[i]->status != ClaimStatus::kAcquired) {
+      out[i] = OutcomeOfClaim(*claims[i]);
+    } else {
+      entries.push_back(
+          BatchEntry{.index = i, .token = claims[i]->token, .attempt = claims[i]->attempt});
+    }
+  }
+
+  std::vector<CompleteRequest> completes;
+  completes.reserve(entries.size());
+  {
+    BatchUnwind guard(*store_, completes, entries, scope_, messages);
+    for (BatchEntry& entry : entries) {
+      const Message& message = messages[entry.index];
+      HandlerContext context(store_, scope_, message.id, entry.attempt, entry.token);
+      handler(context);
+      entry.handled = true;
+      entry.result = context.result();
+      CompleteRequest complete{.scope = scope_,
+                               .id = message.id,
+                               .token = entry.token,
+                               .fingerprint = requests[entry.index].fingerprint,
+                               .version = message.version,
+                               .retention = options_.retention};
+      if (entry.result) complete.result = *entry.result;
+      completes.push_back(complete);
+    }
+    guard.Disarm();
+  }
+
+  std::vector<absl::StatusOr<CompleteStatus>> done = store_->CompleteBatch(completes);
+  for (std::size_t k = 0; k < entries.size(); ++k) {
+    const BatchEntry& entry = entries[k];
+    if (k >= done.size()) {
+      out[entry.index] = absl::InternalError("the store returned fewer completions than requests");
+    } else if (!done[k].ok()) {
+      out[entry.index] = done[k].status();
+    } else {
+      out[entry.index] = ProcessResult{
+          .outcome = *done[k] == CompleteStatus::kStale ? Outcome::kStale : Outcome::kProcessed,
+          .result = entry.result,
+          .attempt = entry.attempt};
+    }
+  }
+  return out;
+}
+
+}  // namespace idem

@@ -1,0 +1,98 @@
+#include <string>
+
+#include "gtest/gtest.h"
+#include "idem/open_store.h"
+#include "idem/processor.h"
+#include "idem/types.h"
+#include "testing/status_matchers.h"
+
+namespace idem {
+namespace {
+
+using ::idem::testing::StatusIs;
+
+TEST(Validation, ScopesAreOneTo128BytesOfASafeAlphabet) {
+  IDEM_EXPECT_OK(ValidateScope("billing/order-events"));
+  IDEM_EXPECT_OK(ValidateScope("a.b_c:d/e-F9"));
+  IDEM_EXPECT_OK(ValidateScope(std::string(128, 'a')));
+  for (std::string bad : {std::string(), std::string(129, 'a'), std::string("a b"),
+                          std::string("a'; DROP TABLE idem_dedup;--"), std::string("a\0b", 3),
+                          std::string("caf\xc3\xa9"), std::string("a\nb"), std::string("a*")}) {
+    EXPECT_THAT(ValidateScope(bad), StatusIs(absl::StatusCode::kInvalidArgument)) << bad;
+  }
+}
+
+TEST(Validation, IdsAreBinarySafeAndNeverTruncated) {
+  IDEM_EXPECT_OK(ValidateId(std::string("\0\xff", 2)));
+  IDEM_EXPECT_OK(ValidateId(std::string(kDefaultMaxIdBytes, 'x')));
+  const absl::Status too_long = ValidateId(std::string(kDefaultMaxIdBytes + 1, 'x'));
+  EXPECT_THAT(too_long, StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_NE(too_long.message().find("1025 bytes"), std::string_view::npos) << too_long;
+  EXPECT_THAT(ValidateId(""), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(ValidateId("abcd", 3), StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+TEST(Fingerprint, IsStableXxh3Of128Bits) {
+  // Fixed across processes and builds: these values are stored and compared later.
+  EXPECT_EQ(Fingerprint::Of("").ToHex(), "99aa06d3014798d86001c324468d497f");
+  EXPECT_EQ(Fingerprint::Of("hello").ToHex(), Fingerprint::Of(std::string("hello")).ToHex());
+  EXPECT_NE(Fingerprint::Of("hello"), Fingerprint::Of("hellp"));
+  const Fingerprint f = Fingerprint::Of("payload");
+  EXPECT_EQ(Fingerprint::FromBytes(f.ToBytes()), f);
+  EXPECT_EQ(f.ToBytes().size(), 16u);
+}
+
+TEST(Processor, RefusesBadScopeAndLease) {
+  auto store = OpenStore("memory:");
+  IDEM_ASSERT_OK(store);
+  EXPECT_THAT(Processor::Create(**store, "bad scope"), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(Processor::Create(**store, "ok", {.lease = std::chrono::milliseconds(0)}),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+TEST(Processor, HandlerNeverRunsWhenTheClaimCannotBeRecorded) {
+  auto store = OpenStore("memory:?capacity=1");
+  IDEM_ASSERT_OK(store);
+  auto processor = Processor::Create(**store, "s");
+  IDEM_ASSERT_OK(processor);
+  int runs = 0;
+  auto count = [&](HandlerContext&) { ++runs; };
+  IDEM_ASSERT_OK(processor->Process(Message{.id = "a", .payload = "x"}, count));
+  EXPECT_THAT(processor->Process(Message{.id = "b", .payload = "x"}, count),
+              StatusIs(absl::StatusCode::kResourceExhausted));
+  EXPECT_THAT(processor->Process(Message{.id = "", .payload = "x"}, count),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_EQ(runs, 1);
+}
+
+TEST(OpenStore, OpensMemoryStores) {
+  auto store = OpenStore("memory:");
+  IDEM_ASSERT_OK(store);
+  EXPECT_EQ((*store)->BackendName(), "memory");
+  IDEM_EXPECT_OK(OpenStore("memory:?capacity=10&evict=1&retention_ms=1000"));
+  IDEM_EXPECT_OK(OpenStore("MEMORY:"));
+}
+
+TEST(OpenStore, MalformedUrisAreInvalidArgument) {
+  for (const char* uri :
+       {"", "memory", ":memory", "nosuch://x", "memory:/path", "memory:?capacity=0",
+        "memory:?capacity=abc", "memory:?capacity=10x", "memory:?evict=yes", "memory:?bogus=1",
+        "memory:?=1", "sqlite:", "sqlite://host/db.sqlite", "sqlite:///tmp/x.db?synchronous=sometimes",
+        "sqlite:///tmp/x.db?busy_timeout_ms=-5", "sqlite:///tmp/x.db?nope=1", "sqlite:a%zz.db"}) {
+    auto store = OpenStore(uri);
+    EXPECT_FALSE(store.ok()) << uri;
+    EXPECT_TRUE(store.status().code() == absl::StatusCode::kInvalidArgument ||
+                store.status().code() == absl::StatusCode::kUnimplemented)
+        << uri << ": " << store.status();
+  }
+}
+
+TEST(OpenStore, RedactsPasswords) {
+  EXPECT_EQ(RedactUri("redis://user:s3cret@127.0.0.1:6379/0"), "redis://user:***@127.0.0.1:6379/0");
+  EXPECT_EQ(RedactUri("redis://:s3cret@h:1"), "redis://:***@h:1");
+  EXPECT_EQ(RedactUri("redis://h:1/0"), "redis://h:1/0");
+  EXPECT_EQ(RedactUri("sqlite:///tmp/a@b.db"), "sqlite:///tmp/a@b.db");
+}
+
+}  // namespace
+}  // namespace idem
