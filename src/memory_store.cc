@@ -58,7 +58,9 @@ struct Counters {
       conflicts{0}, dead_lettered{0}, completed{0}, fenced{0}, retention_reclaims{0},
       capacity_rejections{0}, evictions{0}, purged{0};
 
-  static void Add(std::atomic<uint64_t>& counter) { counter.fetch_add(1, std::memory_order_relaxed); }
+  static void Add(std::atomic<uint64_t>& counter) {
+    counter.fetch_add(1, std::memory_order_relaxed);
+  }
 };
 
 std::size_t RoundUpToPowerOfTwo(std::size_t n) {
@@ -96,13 +98,14 @@ class MemoryStore final : public DedupStore {
       if (r.state == RecordState::kCompleted) {
         if (r.expires_at > now) {
           Counters::Add(counters_.duplicates);
-          return ClaimResult{.status = ClaimStatus::kDuplicate, .attempt = r.attempts,
-                             .result = r.result};
+          return ClaimResult{
+              .status = ClaimStatus::kDuplicate, .attempt = r.attempts, .result = r.result};
         }
         reclaim_expired = true;
       } else if (r.state == RecordState::kInProgress && r.lease_until > now) {
         Counters::Add(counters_.in_progress);
-        return ClaimResult{.status = ClaimStatus::kInProgress, .attempt = r.attempts,
+        return ClaimResult{.status = ClaimStatus::kInProgress,
+                           .attempt = r.attempts,
                            .lease_until_ms = r.lease_until};
       }
     }
@@ -133,8 +136,10 @@ class MemoryStore final : public DedupStore {
       if (!r.fingerprint) r.fingerprint = request.fingerprint;
       Counters::Add(counters_.claims_acquired);
       if (took_over) Counters::Add(counters_.takeovers);
-      return ClaimResult{.status = ClaimStatus::kAcquired, .token = r.token,
-                         .attempt = r.attempts, .lease_until_ms = lease_until,
+      return ClaimResult{.status = ClaimStatus::kAcquired,
+                         .token = r.token,
+                         .attempt = r.attempts,
+                         .lease_until_ms = lease_until,
                          .took_over = took_over};
     }
 
@@ -155,7 +160,9 @@ class MemoryStore final : public DedupStore {
     if (options_.evict_oldest) shard.order.emplace_back(key, fresh.seq);
     shard.records.insert_or_assign(std::move(key), std::move(fresh));
     Counters::Add(counters_.claims_acquired);
-    return ClaimResult{.status = ClaimStatus::kAcquired, .token = token, .attempt = 1,
+    return ClaimResult{.status = ClaimStatus::kAcquired,
+                       .token = token,
+                       .attempt = 1,
                        .lease_until_ms = lease_until};
   }
 
@@ -183,9 +190,9 @@ class MemoryStore final : public DedupStore {
         if (version_count_.fetch_add(1, std::memory_order_relaxed) >= options_.max_version_keys) {
           version_count_.fetch_sub(1, std::memory_order_relaxed);
           Counters::Add(counters_.capacity_rejections);
-          return absl::ResourceExhaustedError(absl::StrCat(
-              "in-memory store holds max_version_keys=", options_.max_version_keys,
-              " version keys; the completion was not recorded"));
+          return absl::ResourceExhaustedError(
+              absl::StrCat("in-memory store holds max_version_keys=", options_.max_version_keys,
+                           " version keys; the completion was not recorded"));
         }
         vshard.versions.emplace(vkey, request.version->version);
       }

@@ -49,7 +49,8 @@ absl::StatusOr<Query> ParseQuery(std::string_view query) {
   Query out;
   if (query.empty()) return out;
   for (absl::string_view part : absl::StrSplit(internal::ToAbsl(query), '&')) {
-    std::pair<absl::string_view, absl::string_view> kv = absl::StrSplit(part, absl::MaxSplits('=', 1));
+    std::pair<absl::string_view, absl::string_view> kv =
+        absl::StrSplit(part, absl::MaxSplits('=', 1));
     if (kv.first.empty()) return absl::InvalidArgumentError("URI query has an empty option name");
     IDEM_ASSIGN_OR_RETURN(std::string value, PercentDecode(internal::ToStd(kv.second)));
     out.emplace_back(std::string(kv.first), std::move(value));
@@ -69,13 +70,14 @@ absl::StatusOr<int64_t> ParsePositive(std::string_view name, std::string_view va
 }
 
 absl::Status UnknownOption(std::string_view scheme, std::string_view name) {
-  return absl::InvalidArgumentError(absl::StrCat("unknown option '", std::string(name), "' for ",
-                                                 std::string(scheme), ": URIs"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown option '", std::string(name), "' for ", std::string(scheme), ": URIs"));
 }
 
 absl::StatusOr<std::unique_ptr<DedupStore>> OpenMemory(std::string_view rest, const Query& query) {
   if (!rest.empty()) {
-    return absl::InvalidArgumentError("memory: URIs take no path (use 'memory:' or 'memory:?capacity=N')");
+    return absl::InvalidArgumentError(
+        "memory: URIs take no path (use 'memory:' or 'memory:?capacity=N')");
   }
   MemoryStoreOptions options;
   for (const auto& [name, value] : query) {
@@ -114,11 +116,17 @@ absl::StatusOr<std::unique_ptr<DedupStore>> OpenSqlite(std::string_view rest, co
   for (const auto& [name, value] : query) {
     if (name == "synchronous") {
       const std::string v = absl::AsciiStrToLower(value);
-      if (v == "off") options.synchronous = SqliteSynchronous::kOff;
-      else if (v == "normal") options.synchronous = SqliteSynchronous::kNormal;
-      else if (v == "full") options.synchronous = SqliteSynchronous::kFull;
-      else if (v == "extra") options.synchronous = SqliteSynchronous::kExtra;
-      else return absl::InvalidArgumentError("URI option synchronous must be off, normal, full or extra");
+      if (v == "off")
+        options.synchronous = SqliteSynchronous::kOff;
+      else if (v == "normal")
+        options.synchronous = SqliteSynchronous::kNormal;
+      else if (v == "full")
+        options.synchronous = SqliteSynchronous::kFull;
+      else if (v == "extra")
+        options.synchronous = SqliteSynchronous::kExtra;
+      else
+        return absl::InvalidArgumentError(
+            "URI option synchronous must be off, normal, full or extra");
     } else if (name == "busy_timeout_ms") {
       IDEM_ASSIGN_OR_RETURN(int64_t n, ParsePositive(name, value));
       options.busy_timeout = std::chrono::milliseconds(n);
@@ -154,7 +162,8 @@ absl::StatusOr<std::unique_ptr<DedupStore>> OpenStore(std::string_view uri) {
   const std::size_t colon = uri.find(':');
   if (uri.empty() || colon == std::string_view::npos || colon == 0) {
     return absl::InvalidArgumentError(
-        "store URI has no scheme: expected memory:, sqlite:///path.db, sqlite:path.db or redis://…");
+        "store URI has no scheme: expected memory:, sqlite:///path.db, sqlite:path.db or "
+        "redis://…");
   }
   const std::string scheme = absl::AsciiStrToLower(internal::ToAbsl(uri.substr(0, colon)));
   std::string_view rest = uri.substr(colon + 1);
@@ -163,8 +172,8 @@ absl::StatusOr<std::unique_ptr<DedupStore>> OpenStore(std::string_view uri) {
 #if IDEM_HAVE_REDIS
     return OpenRedisStoreFromUri(uri);
 #else
-    return absl::UnimplementedError(
-        absl::StrCat(scheme, ": URIs need the Redis backend, which this build of idem does not have"));
+    return absl::UnimplementedError(absl::StrCat(
+        scheme, ": URIs need the Redis backend, which this build of idem does not have"));
 #endif
   }
 
@@ -184,8 +193,8 @@ absl::StatusOr<std::unique_ptr<DedupStore>> OpenStore(std::string_view uri) {
         "sqlite: URIs need the SQLite backend, which this build of idem does not have");
 #endif
   }
-  return absl::InvalidArgumentError(absl::StrCat(
-      "unknown store URI scheme '", scheme, "': expected memory, sqlite, redis or unix"));
+  return absl::InvalidArgumentError(absl::StrCat("unknown store URI scheme '", scheme,
+                                                 "': expected memory, sqlite, redis or unix"));
 }
 
 }  // namespace idem

@@ -37,12 +37,18 @@ class ReleaseOnUnwind {
 
 std::string_view OutcomeName(Outcome outcome) {
   switch (outcome) {
-    case Outcome::kProcessed: return "processed";
-    case Outcome::kDuplicate: return "duplicate";
-    case Outcome::kInProgress: return "in_progress";
-    case Outcome::kStale: return "stale";
-    case Outcome::kConflict: return "conflict";
-    case Outcome::kDeadLettered: return "dead_lettered";
+    case Outcome::kProcessed:
+      return "processed";
+    case Outcome::kDuplicate:
+      return "duplicate";
+    case Outcome::kInProgress:
+      return "in_progress";
+    case Outcome::kStale:
+      return "stale";
+    case Outcome::kConflict:
+      return "conflict";
+    case Outcome::kDeadLettered:
+      return "dead_lettered";
   }
   return "unknown";
 }
@@ -56,14 +62,22 @@ ProcessResult OutcomeOfClaim(const ClaimResult& claim) {
   ProcessResult out{.attempt = claim.attempt};
   switch (claim.status) {
     case ClaimStatus::kAcquired:  // not an outcome on its own; callers run the handler
-    case ClaimStatus::kInProgress: out.outcome = Outcome::kInProgress; break;
+    case ClaimStatus::kInProgress:
+      out.outcome = Outcome::kInProgress;
+      break;
     case ClaimStatus::kDuplicate:
       out.outcome = Outcome::kDuplicate;
       out.result = claim.result;
       break;
-    case ClaimStatus::kStale: out.outcome = Outcome::kStale; break;
-    case ClaimStatus::kConflict: out.outcome = Outcome::kConflict; break;
-    case ClaimStatus::kDeadLettered: out.outcome = Outcome::kDeadLettered; break;
+    case ClaimStatus::kStale:
+      out.outcome = Outcome::kStale;
+      break;
+    case ClaimStatus::kConflict:
+      out.outcome = Outcome::kConflict;
+      break;
+    case ClaimStatus::kDeadLettered:
+      out.outcome = Outcome::kDeadLettered;
+      break;
   }
   return out;
 }
@@ -136,7 +150,10 @@ class BatchUnwind {
   BatchUnwind(DedupStore& store, std::vector<CompleteRequest>& completes,
               std::vector<BatchEntry>& entries, std::string_view scope,
               std::span<const Message> messages)
-      : store_(store), completes_(completes), entries_(entries), scope_(scope),
+      : store_(store),
+        completes_(completes),
+        entries_(entries),
+        scope_(scope),
         messages_(messages) {}
   BatchUnwind(const BatchUnwind&) = delete;
   BatchUnwind& operator=(const BatchUnwind&) = delete;

@@ -6,29 +6,40 @@ namespace idem {
 
 std::string_view ClaimStatusName(ClaimStatus status) {
   switch (status) {
-    case ClaimStatus::kAcquired: return "acquired";
-    case ClaimStatus::kDuplicate: return "duplicate";
-    case ClaimStatus::kInProgress: return "in_progress";
-    case ClaimStatus::kStale: return "stale";
-    case ClaimStatus::kConflict: return "conflict";
-    case ClaimStatus::kDeadLettered: return "dead_lettered";
+    case ClaimStatus::kAcquired:
+      return "acquired";
+    case ClaimStatus::kDuplicate:
+      return "duplicate";
+    case ClaimStatus::kInProgress:
+      return "in_progress";
+    case ClaimStatus::kStale:
+      return "stale";
+    case ClaimStatus::kConflict:
+      return "conflict";
+    case ClaimStatus::kDeadLettered:
+      return "dead_lettered";
   }
   return "unknown";
 }
 
 std::string_view CompleteStatusName(CompleteStatus status) {
   switch (status) {
-    case CompleteStatus::kCompleted: return "completed";
-    case CompleteStatus::kStale: return "stale";
+    case CompleteStatus::kCompleted:
+      return "completed";
+    case CompleteStatus::kStale:
+      return "stale";
   }
   return "unknown";
 }
 
 std::string_view RecordStateName(RecordState state) {
   switch (state) {
-    case RecordState::kInProgress: return "IN_PROGRESS";
-    case RecordState::kReleased: return "RELEASED";
-    case RecordState::kCompleted: return "COMPLETED";
+    case RecordState::kInProgress:
+      return "IN_PROGRESS";
+    case RecordState::kReleased:
+      return "RELEASED";
+    case RecordState::kCompleted:
+      return "COMPLETED";
   }
   return "UNKNOWN";
 }
@@ -80,8 +91,8 @@ std::vector<absl::StatusOr<CompleteStatus>> DedupStore::CompleteBatch(
 }
 
 absl::StatusOr<std::optional<RecordInfo>> DedupStore::Inspect(std::string_view, std::string_view) {
-  return absl::UnimplementedError(absl::StrCat("Inspect is not implemented by the ",
-                                               std::string(BackendName()), " backend"));
+  return absl::UnimplementedError(
+      absl::StrCat("Inspect is not implemented by the ", std::string(BackendName()), " backend"));
 }
 
 }  // namespace idem

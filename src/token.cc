@@ -1,3 +1,5 @@
+#include "internal/token.h"
+
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -6,7 +8,6 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/random/random.h"
 #include "absl/synchronization/mutex.h"
-#include "internal/token.h"
 
 namespace idem::internal {
 namespace {

@@ -52,8 +52,8 @@ absl::Status ValidateScope(std::string_view scope) {
   for (std::size_t i = 0; i < scope.size(); ++i) {
     if (!IsScopeChar(static_cast<unsigned char>(scope[i]))) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "scope has a character outside [A-Za-z0-9._:/-] at byte ", i,
-          " (byte value ", static_cast<int>(static_cast<unsigned char>(scope[i])), ")"));
+          "scope has a character outside [A-Za-z0-9._:/-] at byte ", i, " (byte value ",
+          static_cast<int>(static_cast<unsigned char>(scope[i])), ")"));
     }
   }
   return absl::OkStatus();

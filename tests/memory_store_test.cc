@@ -12,8 +12,8 @@ namespace idem {
 namespace {
 
 using ::idem::testing::HarnessParam;
-using ::idem::testing::StoreConformance;
 using ::idem::testing::StatusIs;
+using ::idem::testing::StoreConformance;
 
 // Every Open() returns the same store: the in-memory store lives in one process, so a "second
 // handle" is a second pointer to it.
@@ -142,7 +142,8 @@ TEST(MemoryStore, EvictOldestDropsCompletedRecordsNeverLiveClaims) {
 
 TEST(MemoryStore, PurgeFreesCapacity) {
   ManualClock clock;
-  auto store = NewMemoryStore({.capacity = 1, .retention = std::chrono::seconds(5), .clock = &clock});
+  auto store =
+      NewMemoryStore({.capacity = 1, .retention = std::chrono::seconds(5), .clock = &clock});
   IDEM_ASSERT_OK(store);
   auto a = (*store)->Claim(Claim("a"));
   IDEM_ASSERT_OK(a);

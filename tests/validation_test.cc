@@ -45,7 +45,8 @@ TEST(Fingerprint, IsStableXxh3Of128Bits) {
 TEST(Processor, RefusesBadScopeAndLease) {
   auto store = OpenStore("memory:");
   IDEM_ASSERT_OK(store);
-  EXPECT_THAT(Processor::Create(**store, "bad scope"), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(Processor::Create(**store, "bad scope"),
+              StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(Processor::Create(**store, "ok", {.lease = std::chrono::milliseconds(0)}),
               StatusIs(absl::StatusCode::kInvalidArgument));
 }
@@ -77,8 +78,9 @@ TEST(OpenStore, MalformedUrisAreInvalidArgument) {
   for (const char* uri :
        {"", "memory", ":memory", "nosuch://x", "memory:/path", "memory:?capacity=0",
         "memory:?capacity=abc", "memory:?capacity=10x", "memory:?evict=yes", "memory:?bogus=1",
-        "memory:?=1", "sqlite:", "sqlite://host/db.sqlite", "sqlite:///tmp/x.db?synchronous=sometimes",
-        "sqlite:///tmp/x.db?busy_timeout_ms=-5", "sqlite:///tmp/x.db?nope=1", "sqlite:a%zz.db"}) {
+        "memory:?=1", "sqlite:", "sqlite://host/db.sqlite",
+        "sqlite:///tmp/x.db?synchronous=sometimes", "sqlite:///tmp/x.db?busy_timeout_ms=-5",
+        "sqlite:///tmp/x.db?nope=1", "sqlite:a%zz.db"}) {
     auto store = OpenStore(uri);
     EXPECT_FALSE(store.ok()) << uri;
     EXPECT_TRUE(store.status().code() == absl::StatusCode::kInvalidArgument ||

@@ -111,7 +111,8 @@ class Processor {
   // handler did not run if the claim failed), or Aborted when the handler ran but its claim had
   // been taken over (the completion changed nothing). A handler exception releases the claim
   // and propagates unchanged.
-  [[nodiscard]] absl::StatusOr<ProcessResult> Process(const Message& message, Handler handler) const;
+  [[nodiscard]] absl::StatusOr<ProcessResult> Process(const Message& message,
+                                                      Handler handler) const;
 
   // Processes a batch: one batch claim, the handlers in order, one batch completion. One entry per
   // message. If a handler throws, the messages already handled are completed, the rest are

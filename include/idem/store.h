@@ -1,7 +1,8 @@
 // DedupStore: the contract every idem backend honours (DESIGN.md §2–§4).
 //
 // A store keeps, per (scope, message id), a dedup record that moves
-//   absent -> IN_PROGRESS(token, lease_until, attempts) -> COMPLETED(result?, fingerprint?, expires_at)
+//   absent -> IN_PROGRESS(token, lease_until, attempts) -> COMPLETED(result?, fingerprint?,
+//   expires_at)
 // and, per (scope, key), the highest applied version (the version gate).
 //
 // Outcomes that a consumer expects in normal operation (duplicate, in progress, stale, conflict,

@@ -78,7 +78,8 @@ class ManualClock final : public Clock {
 [[nodiscard]] absl::Status ValidateScope(std::string_view scope);
 // Returns OK if `id` is 1..max_bytes bytes (any bytes, NUL and 0xFF included);
 // InvalidArgument otherwise. `what` names the field in the error ("message id", "version key").
-[[nodiscard]] absl::Status ValidateId(std::string_view id, std::size_t max_bytes = kDefaultMaxIdBytes,
+[[nodiscard]] absl::Status ValidateId(std::string_view id,
+                                      std::size_t max_bytes = kDefaultMaxIdBytes,
                                       std::string_view what = "message id");
 
 }  // namespace idem

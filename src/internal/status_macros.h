@@ -11,11 +11,11 @@
 #define IDEM_INTERNAL_CONCAT(a, b) IDEM_INTERNAL_CONCAT_INNER(a, b)
 
 // Returns from the enclosing function if `expr` (an absl::Status) is not OK.
-#define IDEM_RETURN_IF_ERROR(expr)                          \
-  do {                                                      \
+#define IDEM_RETURN_IF_ERROR(expr)                                  \
+  do {                                                              \
     if (::absl::Status idem_status_ = (expr); !idem_status_.ok()) { \
-      return idem_status_;                                  \
-    }                                                       \
+      return idem_status_;                                          \
+    }                                                               \
   } while (0)
 
 // `lhs = value of expr` (an absl::StatusOr<T>), or returns its status from the enclosing function.

@@ -19,8 +19,6 @@ namespace {
 using ::testing::Eq;
 using ::testing::Optional;
 
-
-
 CompleteRequest CompleteOf(std::string_view id, uint64_t token) {
   return CompleteRequest{.scope = kScope, .id = id, .token = token};
 }
@@ -248,9 +246,9 @@ TEST_P(StoreConformance, BadInputIsInvalidArgumentAndWritesNothing) {
   EXPECT_THAT(store_->Claim(ClaimOf("", Lease())), StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(store_->Claim(ClaimOf(oversized, Lease())),
               StatusIs(absl::StatusCode::kInvalidArgument));
-  for (std::string_view scope : {std::string_view(""), std::string_view("a'; DROP TABLE idem_dedup;--"),
-                                 std::string_view("bad scope"), std::string_view("a\0b", 3),
-                                 std::string_view("é")}) {
+  for (std::string_view scope :
+       {std::string_view(""), std::string_view("a'; DROP TABLE idem_dedup;--"),
+        std::string_view("bad scope"), std::string_view("a\0b", 3), std::string_view("é")}) {
     ClaimRequest request = ClaimOf("m-1", Lease());
     request.scope = scope;
     EXPECT_THAT(store_->Claim(request), StatusIs(absl::StatusCode::kInvalidArgument));
@@ -283,7 +281,8 @@ TEST_P(StoreConformance, StaleVersionIsRefusedAtClaim) {
   EXPECT_EQ(status, CompleteStatus::kCompleted);
 
   for (uint64_t version : {uint64_t{6}, uint64_t{7}}) {
-    ClaimRequest old = ClaimOf(absl::StrCat("evt-", version, "-other"), Lease());
+    const std::string id = absl::StrCat("evt-", version, "-other");
+    ClaimRequest old = ClaimOf(id, Lease());
     old.version = VersionStamp{.key = "user-1", .version = version};
     IDEM_ASSERT_OK_AND_ASSIGN(ClaimResult stale, store_->Claim(old));
     EXPECT_EQ(stale.status, ClaimStatus::kStale) << "version " << version;
@@ -339,7 +338,8 @@ TEST_P(StoreConformance, VersionsAreComparedExactlyOverTheFullUint64Range) {
     }
     IDEM_ASSERT_OK_AND_ASSIGN(auto applied, store_->AppliedVersion(kScope, key));
     EXPECT_THAT(applied, Optional(Eq(higher)));
-    ClaimRequest replay = ClaimOf(absl::StrCat(key, "-replay"), Lease());
+    const std::string replay_id = absl::StrCat(key, "-replay");
+    ClaimRequest replay = ClaimOf(replay_id, Lease());
     replay.version = VersionStamp{.key = key, .version = lower};
     IDEM_ASSERT_OK_AND_ASSIGN(ClaimResult stale, store_->Claim(replay));
     EXPECT_EQ(stale.status, ClaimStatus::kStale) << lower << " after " << higher;
@@ -353,7 +353,9 @@ TEST_P(StoreConformance, VersionGateIsPerScope) {
   CompleteRequest done = CompleteOf("evt-a", ca.token);
   done.version = a.version;
   IDEM_ASSERT_OK(store_->Complete(done));
-  ClaimRequest b{.scope = "analytics/users", .id = "evt-b", .lease = Lease(),
+  ClaimRequest b{.scope = "analytics/users",
+                 .id = "evt-b",
+                 .lease = Lease(),
                  .version = VersionStamp{.key = "user-1", .version = 3}};
   IDEM_ASSERT_OK_AND_ASSIGN(ClaimResult cb, store_->Claim(b));
   EXPECT_EQ(cb.status, ClaimStatus::kAcquired);
@@ -534,8 +536,9 @@ TEST_P(StoreConformance, ProcessorReleasesOnExceptionAndTheExceptionPropagatesUn
     EXPECT_STREQ(e.what(), "card declined");
   }
   uint32_t attempt = 0;
-  IDEM_ASSERT_OK_AND_ASSIGN(ProcessResult result,
-                            processor.Process(message, [&](HandlerContext& c) { attempt = c.attempt(); }));
+  IDEM_ASSERT_OK_AND_ASSIGN(
+      ProcessResult result,
+      processor.Process(message, [&](HandlerContext& c) { attempt = c.attempt(); }));
   EXPECT_EQ(result.outcome, Outcome::kProcessed);
   EXPECT_EQ(attempt, 2u) << "released at once, attempt count kept";
 }
@@ -551,7 +554,8 @@ TEST_P(StoreConformance, ProcessorReportsConflictStaleAndDeadLetter) {
   EXPECT_EQ(conflict.outcome, Outcome::kConflict);
 
   IDEM_ASSERT_OK(processor.Process(
-      Message{.id = "v-2", .payload = "x", .version = VersionStamp{.key = "k", .version = 2}}, noop));
+      Message{.id = "v-2", .payload = "x", .version = VersionStamp{.key = "k", .version = 2}},
+      noop));
   bool ran = false;
   IDEM_ASSERT_OK_AND_ASSIGN(
       ProcessResult stale,
@@ -578,15 +582,15 @@ TEST_P(StoreConformance, ProcessorLateCompleteAfterTakeoverIsAborted) {
   absl::StatusOr<ProcessResult> result =
       processor.Process(Message{.id = "slow", .payload = "p"}, [&](HandlerContext&) {
         PassLease();  // the handler stalls past its lease; another consumer takes over
+        IDEM_ASSERT_OK_AND_ASSIGN(Processor other,
+                                  Processor::Create(*rival, std::string(kScope),
+                                                    ProcessorOptions{.lease = Lease() * 20}));
         IDEM_ASSERT_OK_AND_ASSIGN(
-            Processor other,
-            Processor::Create(*rival, std::string(kScope), ProcessorOptions{.lease = Lease() * 20}));
-        IDEM_ASSERT_OK_AND_ASSIGN(ProcessResult r,
-                                  other.Process(Message{.id = "slow", .payload = "p"},
-                                                [&](HandlerContext& c) {
-                                                  ++rival_runs;
-                                                  c.set_result("rival");
-                                                }));
+            ProcessResult r,
+            other.Process(Message{.id = "slow", .payload = "p"}, [&](HandlerContext& c) {
+              ++rival_runs;
+              c.set_result("rival");
+            }));
         EXPECT_EQ(r.outcome, Outcome::kProcessed);
       });
   EXPECT_THAT(result, StatusIs(absl::StatusCode::kAborted));
@@ -632,9 +636,8 @@ TEST_P(StoreConformance, ProcessBatchGivesPerMessageOutcomesAndRunsEachHandlerOn
 
 TEST_P(StoreConformance, ProcessBatchCompletesHandledAndReleasesTheRestWhenAHandlerThrows) {
   IDEM_ASSERT_OK_AND_ASSIGN(Processor processor, Processor::Create(*store_, std::string(kScope)));
-  std::vector<Message> messages = {{.id = "t-0", .payload = "0"},
-                                   {.id = "t-1", .payload = "1"},
-                                   {.id = "t-2", .payload = "2"}};
+  std::vector<Message> messages = {
+      {.id = "t-0", .payload = "0"}, {.id = "t-1", .payload = "1"}, {.id = "t-2", .payload = "2"}};
   EXPECT_THROW((void)processor.ProcessBatch(messages,
                                             [](HandlerContext& c) {
                                               if (c.message_id() == "t-1") throw HandlerError("x");
