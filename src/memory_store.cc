@@ -224,7 +224,7 @@ class MemoryStore final : public DedupStore {
   absl::StatusOr<int64_t> Extend(std::string_view scope, std::string_view id, uint64_t token,
                                  std::chrono::milliseconds lease) override {
     if (absl::Status s = ValidateOwnerArgs(scope, id, token); !s.ok()) return s;
-    if (lease.count() <= 0) return absl::InvalidArgumentError("lease must be positive");
+    if (absl::Status s = ValidateLease(lease); !s.ok()) return s;
     const std::string key = RecordKey(scope, id);
     Shard& shard = ShardFor(key);
     absl::MutexLock lock(&shard.mu);

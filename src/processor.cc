@@ -85,10 +85,7 @@ ProcessResult OutcomeOfClaim(const ClaimResult& claim) {
 absl::StatusOr<Processor> Processor::Create(DedupStore& store, std::string scope,
                                             ProcessorOptions options) {
   IDEM_RETURN_IF_ERROR(ValidateScope(scope));
-  if (options.lease.count() <= 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("lease must be positive, got ", options.lease.count(), " ms"));
-  }
+  IDEM_RETURN_IF_ERROR(ValidateLease(options.lease));
   if (options.retention.count() < 0) {
     return absl::InvalidArgumentError("retention must not be negative");
   }

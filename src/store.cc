@@ -3,6 +3,13 @@
 #include "absl/strings/str_cat.h"
 
 namespace idem {
+namespace {
+
+// Leases and retentions are kept far below what would overflow `now + duration` in int64
+// milliseconds or lose precision in a Lua double (2^53): 2^40 ms is about 34 years.
+constexpr int64_t kMaxDurationMillis = int64_t{1} << 40;
+
+}  // namespace
 
 std::string_view ClaimStatusName(ClaimStatus status) {
   switch (status) {
@@ -44,13 +51,18 @@ std::string_view RecordStateName(RecordState state) {
   return "UNKNOWN";
 }
 
+absl::Status ValidateLease(std::chrono::milliseconds lease) {
+  if (lease.count() <= 0 || lease.count() > kMaxDurationMillis) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("lease must be within 1..2^40 ms, got ", lease.count(), " ms"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ValidateClaimRequest(const ClaimRequest& request, std::size_t max_id_bytes) {
   if (absl::Status s = ValidateScope(request.scope); !s.ok()) return s;
   if (absl::Status s = ValidateId(request.id, max_id_bytes); !s.ok()) return s;
-  if (request.lease.count() <= 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("lease must be positive, got ", request.lease.count(), " ms"));
-  }
+  if (absl::Status s = ValidateLease(request.lease); !s.ok()) return s;
   if (request.version.has_value()) {
     if (absl::Status s = ValidateId(request.version->key, max_id_bytes, "version key"); !s.ok()) {
       return s;
@@ -63,8 +75,9 @@ absl::Status ValidateCompleteRequest(const CompleteRequest& request, std::size_t
   if (absl::Status s = ValidateScope(request.scope); !s.ok()) return s;
   if (absl::Status s = ValidateId(request.id, max_id_bytes); !s.ok()) return s;
   if (request.token == 0) return absl::InvalidArgumentError("token 0 is never issued by a claim");
-  if (request.retention.count() < 0) {
-    return absl::InvalidArgumentError("retention must not be negative");
+  if (request.retention.count() < 0 || request.retention.count() > kMaxDurationMillis) {
+    return absl::InvalidArgumentError(absl::StrCat("retention must be within 0..2^40 ms, got ",
+                                                   request.retention.count(), " ms"));
   }
   if (request.version.has_value()) {
     if (absl::Status s = ValidateId(request.version->key, max_id_bytes, "version key"); !s.ok()) {

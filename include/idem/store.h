@@ -185,6 +185,8 @@ class DedupStore {
   virtual std::string_view BackendName() const = 0;
 };
 
+// Returns OK if 0 < lease <= 2^40 ms (about 34 years); InvalidArgument otherwise.
+[[nodiscard]] absl::Status ValidateLease(std::chrono::milliseconds lease);
 // Validates a claim request against DESIGN.md §2 (scope, id, lease, version key).
 [[nodiscard]] absl::Status ValidateClaimRequest(const ClaimRequest& request,
                                                 std::size_t max_id_bytes = kDefaultMaxIdBytes);

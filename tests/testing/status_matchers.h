@@ -29,6 +29,15 @@ MATCHER_P(StatusIs, code, "has status code " + absl::StatusCodeToString(code)) {
   return status.code() == code;
 }
 
+// Matches an OK StatusOr whose value matches `matcher`.
+MATCHER_P(IsOkAndHolds, matcher, "is OK and holds a matching value") {
+  if (!arg.ok()) {
+    *result_listener << "status is " << arg.status();
+    return false;
+  }
+  return ::testing::ExplainMatchResult(matcher, *arg, result_listener);
+}
+
 }  // namespace idem::testing
 
 #define IDEM_EXPECT_OK(expr) EXPECT_THAT((expr), ::idem::testing::IsOk())

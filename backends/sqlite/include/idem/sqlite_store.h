@@ -55,7 +55,8 @@ struct SqliteStoreOptions {
 // Opens (creating or migrating the schema forward) the database at options.path.
 // Errors: InvalidArgument (bad options), Unavailable (cannot open or locked), FailedPrecondition
 // (the file holds a newer schema than this build knows), DataLoss (corrupt file).
-[[nodiscard]] absl::StatusOr<std::unique_ptr<DedupStore>> NewSqliteStore(SqliteStoreOptions options);
+[[nodiscard]] absl::StatusOr<std::unique_ptr<DedupStore>> NewSqliteStore(
+    SqliteStoreOptions options);
 
 // The schema version this build writes.
 int SqliteSchemaVersion();
@@ -73,8 +74,12 @@ struct SqliteTransactionalOptions {
 // handler's writes on `db`.
 class SqliteTransactional {
  public:
-  // Creates (or migrates) the idem tables in `db`'s main database. `db` is not owned and must
-  // outlive this object. REQUIRES: `db` is not inside a transaction.
+  // Creates (or migrates) the idem tables in `db`'s main database and prepares the statements
+  // once. The schema version lives in the idem_meta table: the caller's PRAGMA user_version and
+  // the connection's settings (journal mode, busy timeout) stay the caller's. `db` is not owned
+  // and must outlive this object. REQUIRES: `db` is not inside a transaction.
+  // Errors: InvalidArgument (bad scope or options), FailedPrecondition (inside a transaction, or
+  // a newer idem schema), Unavailable (locked), DataLoss (corrupt file).
   [[nodiscard]] static absl::StatusOr<std::unique_ptr<SqliteTransactional>> Create(
       sqlite3* db, std::string scope, SqliteTransactionalOptions options = {});
   virtual ~SqliteTransactional() = default;
@@ -82,8 +87,12 @@ class SqliteTransactional {
   // BEGIN IMMEDIATE; insert the dedup row; check the version gate; run `handler(db, context)`;
   // raise the version; COMMIT. Returns kProcessed after the commit; kDuplicate, kStale,
   // kConflict or kInProgress (a live lease-mode claim holds the id) after a rollback with the
-  // handler not run. A store error rolls back and returns a status (Unavailable when busy). A
-  // handler exception rolls back and propagates unchanged.
+  // handler not run. A store error rolls back and returns a status (Unavailable when busy: the
+  // wait is the connection's busy timeout, none unless the caller set one). A handler exception
+  // rolls back and propagates unchanged. Also FailedPrecondition, with nothing applied: `db` was
+  // already inside a transaction, or COMMIT failed on the handler's writes (a deferred
+  // constraint). If the handler itself ends the transaction (COMMIT or ROLLBACK on `db`), the
+  // result is FailedPrecondition and neither the version nor the result was recorded.
   [[nodiscard]] virtual absl::StatusOr<ProcessResult> Process(const Message& message,
                                                               SqliteHandler handler) = 0;
 };

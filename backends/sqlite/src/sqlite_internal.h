@@ -1,0 +1,184 @@
+// Private helpers of the SQLite backend, shared by the lease-mode store and transactional mode:
+// owned handles, the one mapping from SQLite result codes to absl::Status, a statement runner
+// that binds ids as BLOBs, a write-transaction guard, the schema and its migrations, and the
+// encodings of versions, tokens and record states.
+//
+// Thread-safety: none of these types lock; a connection and its statements are used by one
+// thread at a time (the store serialises on its mutex).
+#ifndef IDEM_BACKENDS_SQLITE_SRC_SQLITE_INTERNAL_H_
+#define IDEM_BACKENDS_SQLITE_SRC_SQLITE_INTERNAL_H_
+
+#include <sqlite3.h>
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "idem/store.h"
+#include "idem/types.h"
+
+namespace idem::internal {
+
+struct SqliteCloser {
+  void operator()(sqlite3* db) const noexcept { sqlite3_close_v2(db); }
+};
+struct SqliteFinalizer {
+  void operator()(sqlite3_stmt* stmt) const noexcept { sqlite3_finalize(stmt); }
+};
+using SqliteDb = std::unique_ptr<sqlite3, SqliteCloser>;
+using SqliteStmt = std::unique_ptr<sqlite3_stmt, SqliteFinalizer>;
+
+// The one place where a SQLite result code becomes a status. `rc` is an extended code; the
+// message names `operation` and SQLite's description, never ids or payloads (they are bound
+// parameters, so SQLite's own messages cannot contain them either).
+//   BUSY, LOCKED, CANTOPEN, IOERR, PROTOCOL, SCHEMA -> Unavailable (retry the call)
+//   CORRUPT, NOTADB                                  -> DataLoss
+//   FULL, NOMEM                                      -> ResourceExhausted
+//   READONLY                                         -> FailedPrecondition
+//   PERM, AUTH                                       -> PermissionDenied
+//   INTERRUPT                                        -> Cancelled
+//   TOOBIG, RANGE, MISMATCH                          -> InvalidArgument
+//   CONSTRAINT                                       -> FailedPrecondition
+//   anything else                                    -> Internal
+// idem's own statements never fail a constraint: a clash on (scope, id) is an upsert's outcome.
+// A CONSTRAINT code can only come from a transactional handler's own writes (a deferred foreign
+// key failing at COMMIT): the caller's data must be fixed first.
+// `db` may be null (then only the code's generic description is used).
+[[nodiscard]] absl::Status SqliteStatus(int rc, sqlite3* db, std::string_view operation);
+
+// Prepares `sql` once, for repeated use (SQLITE_PREPARE_PERSISTENT).
+[[nodiscard]] absl::StatusOr<SqliteStmt> Prepare(sqlite3* db, std::string_view sql);
+
+// Runs sqlite3_exec over `sql` (DDL and pragmas; never with user data).
+[[nodiscard]] absl::Status Exec(sqlite3* db, const char* sql, std::string_view operation);
+
+// One use of a prepared statement: binds, steps, reads columns; resets it and clears its
+// bindings when destroyed, so no bound pointer outlives the call that bound it.
+class StmtRun {
+ public:
+  StmtRun(sqlite3_stmt* stmt, std::string operation)
+      : stmt_(stmt), operation_(std::move(operation)) {}
+  StmtRun(const StmtRun&) = delete;
+  StmtRun& operator=(const StmtRun&) = delete;
+  ~StmtRun() noexcept {
+    sqlite3_reset(stmt_);
+    sqlite3_clear_bindings(stmt_);
+  }
+
+  StmtRun& Text(int index, std::string_view value);
+  // Binary-safe: NUL and 0xFF are ordinary bytes, and an empty value stays an empty BLOB
+  // (sqlite3_bind_blob with a null pointer would bind NULL instead).
+  StmtRun& Blob(int index, std::string_view value);
+  StmtRun& OptionalBlob(int index, const std::optional<std::string_view>& value);
+  StmtRun& Int64(int index, int64_t value);
+  StmtRun& Null(int index);
+
+  // True when a row is available, false when the statement is done.
+  [[nodiscard]] absl::StatusOr<bool> Step();
+  // Steps until done, ignoring rows.
+  [[nodiscard]] absl::Status Run();
+
+  int64_t ColumnInt64(int column) const { return sqlite3_column_int64(stmt_, column); }
+  bool ColumnIsNull(int column) const { return sqlite3_column_type(stmt_, column) == SQLITE_NULL; }
+  // The column's bytes (a zero-length BLOB gives ""), or nullopt for NULL.
+  std::optional<std::string> ColumnBlob(int column) const;
+
+ private:
+  void Check(int rc) {
+    if (rc != SQLITE_OK && bind_rc_ == SQLITE_OK) bind_rc_ = rc;
+  }
+
+  sqlite3_stmt* stmt_;
+  std::string operation_;  // for error messages
+  int bind_rc_ = SQLITE_OK;
+};
+
+// BEGIN IMMEDIATE / COMMIT / ROLLBACK, prepared once per connection.
+struct TxnStatements {
+  SqliteStmt begin_immediate;
+  SqliteStmt commit;
+  SqliteStmt rollback;
+};
+[[nodiscard]] absl::StatusOr<TxnStatements> PrepareTxnStatements(sqlite3* db);
+
+// A write transaction: BEGIN IMMEDIATE takes the write lock up front (waiting up to the busy
+// timeout), so a transaction never fails half-way on a lock upgrade. Rolls back in its noexcept
+// destructor unless committed, so an exception or an early return leaves nothing behind.
+class WriteTxn {
+ public:
+  WriteTxn(sqlite3* db, const TxnStatements& statements) : db_(db), statements_(statements) {}
+  WriteTxn(const WriteTxn&) = delete;
+  WriteTxn& operator=(const WriteTxn&) = delete;
+  ~WriteTxn() noexcept { Rollback(); }
+
+  [[nodiscard]] absl::Status Begin(std::string_view operation);
+  // On failure the transaction is rolled back (by SQLite or by this guard).
+  [[nodiscard]] absl::Status Commit(std::string_view operation);
+  // Idempotent; a no-op when SQLite already ended the transaction (some errors roll back).
+  void Rollback() noexcept;
+
+ private:
+  sqlite3* db_;
+  const TxnStatements& statements_;
+  bool active_ = false;
+};
+
+// Schema: version 1 holds the three tables; version 2 adds idem_dedup.claim_origin. The version
+// lives in the idem_meta table, not PRAGMA user_version, because transactional mode shares the
+// caller's database, whose user_version belongs to the caller.
+inline constexpr int kSchemaVersion = 2;
+// Creates or migrates the idem tables forward, in one BEGIN IMMEDIATE transaction (safe when
+// several processes open the file at once). FailedPrecondition for a newer schema.
+// REQUIRES: `db` is not inside a transaction.
+[[nodiscard]] absl::Status EnsureSchema(sqlite3* db);
+
+// idem_dedup.status values.
+inline constexpr int kStatusInProgress = 0;
+inline constexpr int kStatusReleased = 1;
+inline constexpr int kStatusCompleted = 2;
+
+// idem_dedup.claim_origin: how the current claim was obtained, set by the claim upsert from the
+// row it replaced. RETURNING sees only the new row, and the claim must stay one statement, so
+// the replaced state is carried in this column rather than read first.
+inline constexpr int kOriginFresh = 0;      // no record before
+inline constexpr int kOriginReleased = 1;   // a released record claimed again
+inline constexpr int kOriginTakeover = 2;   // an IN_PROGRESS record with an expired lease
+inline constexpr int kOriginRetention = 3;  // a COMPLETED record past its retention
+
+// Versions are 8-byte big-endian BLOBs: SQLite compares BLOBs with memcmp, so BLOB order is
+// unsigned order over the whole uint64 range (an INTEGER column is signed and would put 2^63
+// below 0).
+std::string EncodeVersion(uint64_t version);
+// DataLoss unless `bytes` is 8 bytes.
+[[nodiscard]] absl::StatusOr<uint64_t> DecodeVersion(std::string_view bytes);
+
+// Tokens are stored as the int64 with the same bit pattern.
+inline int64_t TokenToSql(uint64_t token) { return static_cast<int64_t>(token); }
+inline uint64_t TokenFromSql(int64_t value) { return static_cast<uint64_t>(value); }
+
+// The columns of idem_dedup that classify a claim that was not acquired.
+struct DedupRow {
+  int status = kStatusInProgress;
+  uint64_t token = 0;
+  int64_t lease_until = 0;
+  uint32_t attempts = 0;
+  std::optional<std::string> fingerprint;
+  std::optional<std::string> result;
+  int64_t expires_at = 0;
+};
+
+// The outcome a held record gives a claim before the version gate is consulted, in the order of
+// the contract: conflict, duplicate, in progress. nullopt when none applies (the record is
+// claimable, or only the version gate or max_attempts can refuse it).
+std::optional<ClaimResult> ClassifyHeld(const DedupRow& row,
+                                        const std::optional<std::string>& request_fingerprint,
+                                        int64_t now);
+
+}  // namespace idem::internal
+
+#endif  // IDEM_BACKENDS_SQLITE_SRC_SQLITE_INTERNAL_H_

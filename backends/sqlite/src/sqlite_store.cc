@@ -1,0 +1,665 @@
+// The lease-mode SQLite store.
+//
+// Connection strategy: one connection per store, used under a mutex. SQLite admits one writer
+// per database file at a time, and every state change here is a short write transaction, so a
+// pool of connections in one process would not write in parallel: its connections would only
+// wait on each other through SQLite's busy handler (sleep-and-poll) instead of a mutex queue,
+// adding latency and spurious busy timeouts. Reads (Inspect, AppliedVersion) are point lookups
+// on a primary key. Other processes open their own stores: file locks, BEGIN IMMEDIATE and the
+// busy timeout serialise them.
+#include "idem/sqlite_store.h"
+
+#include <sqlite3.h>
+
+#include <atomic>
+#include <climits>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "internal/strings.h"
+#include "internal/token.h"
+#include "sqlite_internal.h"
+
+namespace idem {
+namespace {
+
+using internal::DedupRow;
+using internal::SqliteDb;
+using internal::SqliteStatus;
+using internal::SqliteStmt;
+using internal::StmtRun;
+using internal::TokenFromSql;
+using internal::TokenToSql;
+using internal::TxnStatements;
+using internal::WriteTxn;
+
+// Claim and takeover in one statement. The SELECT inserts nothing when the version gate refuses
+// the request (so neither the insert nor the update happens); the DO UPDATE … WHERE takes over
+// only a claimable record: no fingerprint conflict, and either COMPLETED past its retention
+// (a fresh claim), or RELEASED / IN_PROGRESS with an expired lease below max_attempts (attempts
+// + 1). All SET expressions see the replaced row, which claim_origin records. No row returned
+// means nothing was claimed; the caller then reads the row to say why.
+//   ?1 scope  ?2 id  ?3 token  ?4 lease_until  ?5 fingerprint  ?6 expires_at
+//   ?7 version key  ?8 version  ?9 now  ?10 max_attempts
+constexpr char kClaimSql[] = R"sql(
+INSERT INTO idem_dedup(scope, id, status, token, lease_until, attempts, fingerprint, result,
+                       expires_at, claim_origin)
+SELECT ?1, ?2, 0, ?3, ?4, 1, ?5, NULL, ?6, 0
+WHERE NOT EXISTS (SELECT 1 FROM idem_versions AS v
+                  WHERE v.scope = ?1 AND v.key = ?7 AND v.version >= ?8)
+ON CONFLICT(scope, id) DO UPDATE SET
+  status = 0,
+  token = excluded.token,
+  lease_until = excluded.lease_until,
+  expires_at = excluded.expires_at,
+  attempts = CASE WHEN idem_dedup.status = 2 THEN 1 ELSE idem_dedup.attempts + 1 END,
+  fingerprint = CASE WHEN idem_dedup.status = 2 THEN excluded.fingerprint
+                     ELSE coalesce(idem_dedup.fingerprint, excluded.fingerprint) END,
+  result = NULL,
+  claim_origin = CASE idem_dedup.status WHEN 2 THEN 3 WHEN 1 THEN 1 ELSE 2 END
+WHERE NOT (excluded.fingerprint IS NOT NULL AND idem_dedup.fingerprint IS NOT NULL
+           AND idem_dedup.fingerprint <> excluded.fingerprint)
+  AND ((idem_dedup.status = 2 AND idem_dedup.expires_at <= ?9)
+       OR ((idem_dedup.status = 1
+            OR (idem_dedup.status = 0 AND idem_dedup.lease_until <= ?9))
+           AND (?10 = 0 OR idem_dedup.attempts < ?10)))
+RETURNING attempts, claim_origin
+)sql";
+
+constexpr char kSelectRowSql[] = R"sql(
+SELECT status, token, lease_until, attempts, fingerprint, result, expires_at
+FROM idem_dedup WHERE scope = ?1 AND id = ?2
+)sql";
+
+constexpr char kSelectVersionSql[] =
+    "SELECT version FROM idem_versions WHERE scope = ?1 AND key = ?2";
+
+// Raises the key's version when ?3 is newer; returns a row only if it did (inserted or raised).
+constexpr char kRaiseVersionSql[] = R"sql(
+INSERT INTO idem_versions(scope, key, version) VALUES(?1, ?2, ?3)
+ON CONFLICT(scope, key) DO UPDATE SET version = excluded.version
+WHERE excluded.version > idem_versions.version
+RETURNING 1
+)sql";
+
+//   ?1 scope  ?2 id  ?3 token  ?4 expires_at  ?5 result  ?6 fingerprint
+constexpr char kCompleteSql[] = R"sql(
+UPDATE idem_dedup SET status = 2, lease_until = 0, expires_at = ?4,
+  result = coalesce(?5, result), fingerprint = coalesce(fingerprint, ?6)
+WHERE scope = ?1 AND id = ?2 AND status = 0 AND token = ?3
+)sql";
+
+//   ?1 scope  ?2 id  ?3 token  ?4 expires_at
+constexpr char kReleaseSql[] = R"sql(
+UPDATE idem_dedup SET status = 1, lease_until = 0, expires_at = ?4
+WHERE scope = ?1 AND id = ?2 AND status = 0 AND token = ?3
+)sql";
+
+//   ?1 scope  ?2 id  ?3 token  ?4 lease_until  ?5 expires_at
+constexpr char kExtendSql[] = R"sql(
+UPDATE idem_dedup SET lease_until = ?4, expires_at = ?5
+WHERE scope = ?1 AND id = ?2 AND status = 0 AND token = ?3
+)sql";
+
+// A WITHOUT ROWID table takes no DELETE … LIMIT (unless SQLite was built with it), hence the
+// subquery. Live claims are never purged, whatever their expires_at.
+//   ?1 now  ?2 limit (-1: none)
+constexpr char kPurgeSql[] = R"sql(
+DELETE FROM idem_dedup WHERE (scope, id) IN (
+  SELECT scope, id FROM idem_dedup
+  WHERE expires_at <= ?1 AND NOT (status = 0 AND lease_until > ?1)
+  ORDER BY expires_at LIMIT ?2)
+)sql";
+
+struct Statements {
+  TxnStatements txn;
+  SqliteStmt claim;
+  SqliteStmt select_row;
+  SqliteStmt select_version;
+  SqliteStmt raise_version;
+  SqliteStmt complete;
+  SqliteStmt release;
+  SqliteStmt extend;
+  SqliteStmt purge;
+};
+
+[[nodiscard]] absl::StatusOr<Statements> PrepareStatements(sqlite3* db) {
+  Statements s;
+  absl::StatusOr<TxnStatements> txn = internal::PrepareTxnStatements(db);
+  if (!txn.ok()) return txn.status();
+  s.txn = std::move(txn).value();
+  const std::pair<SqliteStmt*, const char*> all[] = {
+      {&s.claim, kClaimSql},
+      {&s.select_row, kSelectRowSql},
+      {&s.select_version, kSelectVersionSql},
+      {&s.raise_version, kRaiseVersionSql},
+      {&s.complete, kCompleteSql},
+      {&s.release, kReleaseSql},
+      {&s.extend, kExtendSql},
+      {&s.purge, kPurgeSql},
+  };
+  for (const auto& [slot, sql] : all) {
+    absl::StatusOr<SqliteStmt> stmt = internal::Prepare(db, sql);
+    if (!stmt.ok()) return stmt.status();
+    *slot = std::move(stmt).value();
+  }
+  return s;
+}
+
+std::optional<std::string> FingerprintBytes(const std::optional<Fingerprint>& fingerprint) {
+  if (!fingerprint) return std::nullopt;
+  return fingerprint->ToBytes();
+}
+
+std::optional<std::string_view> AsView(const std::optional<std::string>& s) {
+  if (!s) return std::nullopt;
+  return std::string_view(*s);
+}
+
+struct Counters {
+  std::atomic<uint64_t> claims_acquired{0}, takeovers{0}, duplicates{0}, in_progress{0}, stale{0},
+      conflicts{0}, dead_lettered{0}, completed{0}, fenced{0}, retention_reclaims{0}, purged{0};
+
+  static void Add(std::atomic<uint64_t>& counter, uint64_t n = 1) {
+    counter.fetch_add(n, std::memory_order_relaxed);
+  }
+};
+
+// A claim's result and whether it reclaimed a record past its retention (for Stats).
+struct ClaimOutcome {
+  ClaimResult result;
+  bool retention_reclaim = false;
+};
+
+class SqliteStore final : public DedupStore {
+ public:
+  SqliteStore(SqliteStoreOptions options, SqliteDb db, Statements statements)
+      : options_(std::move(options)),
+        clock_(options_.clock != nullptr ? options_.clock : &SystemClock()),
+        db_(std::move(db)),
+        st_(std::move(statements)) {
+    if (!options_.token_source) options_.token_source = internal::RandomTokenSource();
+  }
+
+  absl::StatusOr<ClaimResult> Claim(const ClaimRequest& request) override {
+    if (absl::Status s = ValidateClaimRequest(request, options_.max_id_bytes); !s.ok()) return s;
+    absl::MutexLock lock(&mu_);
+    WriteTxn txn(db_.get(), st_.txn);
+    if (absl::Status s = txn.Begin("claim"); !s.ok()) return s;
+    // Read after the lock is held, so leases follow the order in which writers commit.
+    const int64_t now = clock_->NowMillis();
+    absl::StatusOr<ClaimOutcome> outcome = ClaimLocked(request, now);
+    if (!outcome.ok()) return outcome.status();
+    if (absl::Status s = txn.Commit("claim"); !s.ok()) return s;
+    Count(*outcome);
+    return std::move(outcome)->result;
+  }
+
+  std::vector<absl::StatusOr<ClaimResult>> ClaimBatch(
+      std::span<const ClaimRequest> requests) override {
+    std::vector<absl::StatusOr<ClaimResult>> out(requests.size(), ClaimResult{});
+    std::vector<std::size_t> valid;
+    for (std::size_t i = 0; i < requests.size(); ++i) {
+      if (absl::Status s = ValidateClaimRequest(requests[i], options_.max_id_bytes); !s.ok()) {
+        out[i] = s;
+      } else {
+        valid.push_back(i);
+      }
+    }
+    if (valid.empty()) return out;
+
+    std::vector<ClaimOutcome> outcomes;
+    outcomes.reserve(valid.size());
+    absl::Status failure = [&]() -> absl::Status {
+      absl::MutexLock lock(&mu_);
+      WriteTxn txn(db_.get(), st_.txn);
+      if (absl::Status s = txn.Begin("claim batch"); !s.ok()) return s;
+      const int64_t now = clock_->NowMillis();
+      for (std::size_t i : valid) {
+        absl::StatusOr<ClaimOutcome> outcome = ClaimLocked(requests[i], now);
+        if (!outcome.ok()) return outcome.status();
+        outcomes.push_back(*std::move(outcome));
+      }
+      return txn.Commit("claim batch");
+    }();
+    for (std::size_t k = 0; k < valid.size(); ++k) {
+      if (!failure.ok()) {
+        out[valid[k]] = failure;
+      } else {
+        Count(outcomes[k]);
+        out[valid[k]] = std::move(outcomes[k].result);
+      }
+    }
+    return out;
+  }
+
+  absl::StatusOr<CompleteStatus> Complete(const CompleteRequest& request) override {
+    if (absl::Status s = ValidateCompleteRequest(request, options_.max_id_bytes); !s.ok()) {
+      return s;
+    }
+    absl::MutexLock lock(&mu_);
+    WriteTxn txn(db_.get(), st_.txn);
+    if (absl::Status s = txn.Begin("complete"); !s.ok()) return s;
+    const int64_t now = clock_->NowMillis();
+    absl::StatusOr<std::optional<CompleteStatus>> done = CompleteLocked(request, now);
+    if (!done.ok()) return done.status();
+    if (!done->has_value()) return Fenced("complete");  // the guard rolls back (nothing changed)
+    if (absl::Status s = txn.Commit("complete"); !s.ok()) return s;
+    CountCompletion(**done);
+    return **done;
+  }
+
+  std::vector<absl::StatusOr<CompleteStatus>> CompleteBatch(
+      std::span<const CompleteRequest> requests) override {
+    std::vector<absl::StatusOr<CompleteStatus>> out(requests.size(), CompleteStatus::kCompleted);
+    std::vector<std::size_t> valid;
+    for (std::size_t i = 0; i < requests.size(); ++i) {
+      if (absl::Status s = ValidateCompleteRequest(requests[i], options_.max_id_bytes); !s.ok()) {
+        out[i] = s;
+      } else {
+        valid.push_back(i);
+      }
+    }
+    if (valid.empty()) return out;
+
+    // nullopt: the entry's token no longer owns its claim; its UPDATE matched no row, so it
+    // changed nothing and the others may still commit.
+    std::vector<std::optional<CompleteStatus>> outcomes;
+    outcomes.reserve(valid.size());
+    absl::Status failure = [&]() -> absl::Status {
+      absl::MutexLock lock(&mu_);
+      WriteTxn txn(db_.get(), st_.txn);
+      if (absl::Status s = txn.Begin("complete batch"); !s.ok()) return s;
+      const int64_t now = clock_->NowMillis();
+      for (std::size_t i : valid) {
+        absl::StatusOr<std::optional<CompleteStatus>> done = CompleteLocked(requests[i], now);
+        if (!done.ok()) return done.status();
+        outcomes.push_back(*done);
+      }
+      return txn.Commit("complete batch");
+    }();
+    for (std::size_t k = 0; k < valid.size(); ++k) {
+      if (!failure.ok()) {
+        out[valid[k]] = failure;
+      } else if (!outcomes[k].has_value()) {
+        out[valid[k]] = Fenced("complete");
+      } else {
+        CountCompletion(*outcomes[k]);
+        out[valid[k]] = *outcomes[k];
+      }
+    }
+    return out;
+  }
+
+  absl::Status Release(std::string_view scope, std::string_view id, uint64_t token) override {
+    if (absl::Status s = ValidateOwnerArgs(scope, id, token); !s.ok()) return s;
+    absl::MutexLock lock(&mu_);
+    WriteTxn txn(db_.get(), st_.txn);
+    if (absl::Status s = txn.Begin("release"); !s.ok()) return s;
+    const int64_t now = clock_->NowMillis();
+    {
+      StmtRun run(st_.release.get(), "release");
+      run.Text(1, scope).Blob(2, id).Int64(3, TokenToSql(token)).Int64(4, now + Retention());
+      if (absl::Status s = run.Run(); !s.ok()) return s;
+    }
+    if (sqlite3_changes(db_.get()) == 0) return Fenced("release");
+    return txn.Commit("release");
+  }
+
+  absl::StatusOr<int64_t> Extend(std::string_view scope, std::string_view id, uint64_t token,
+                                 std::chrono::milliseconds lease) override {
+    if (absl::Status s = ValidateOwnerArgs(scope, id, token); !s.ok()) return s;
+    if (absl::Status s = ValidateLease(lease); !s.ok()) return s;
+    absl::MutexLock lock(&mu_);
+    WriteTxn txn(db_.get(), st_.txn);
+    if (absl::Status s = txn.Begin("extend"); !s.ok()) return s;
+    const int64_t lease_until = clock_->NowMillis() + lease.count();
+    {
+      StmtRun run(st_.extend.get(), "extend");
+      run.Text(1, scope).Blob(2, id).Int64(3, TokenToSql(token)).Int64(4, lease_until);
+      run.Int64(5, lease_until + Retention());
+      if (absl::Status s = run.Run(); !s.ok()) return s;
+    }
+    if (sqlite3_changes(db_.get()) == 0) return Fenced("extend");
+    if (absl::Status s = txn.Commit("extend"); !s.ok()) return s;
+    return lease_until;
+  }
+
+  absl::StatusOr<int64_t> PurgeExpired(int64_t limit) override {
+    absl::MutexLock lock(&mu_);
+    WriteTxn txn(db_.get(), st_.txn);
+    if (absl::Status s = txn.Begin("purge"); !s.ok()) return s;
+    {
+      StmtRun run(st_.purge.get(), "purge");
+      run.Int64(1, clock_->NowMillis()).Int64(2, limit > 0 ? limit : -1);
+      if (absl::Status s = run.Run(); !s.ok()) return s;
+    }
+    const int64_t purged = sqlite3_changes64(db_.get());
+    if (absl::Status s = txn.Commit("purge"); !s.ok()) return s;
+    Counters::Add(counters_.purged, static_cast<uint64_t>(purged));
+    return purged;
+  }
+
+  absl::StatusOr<std::optional<uint64_t>> AppliedVersion(std::string_view scope,
+                                                         std::string_view key) override {
+    if (absl::Status s = ValidateScope(scope); !s.ok()) return s;
+    if (absl::Status s = ValidateId(key, options_.max_id_bytes, "version key"); !s.ok()) return s;
+    absl::MutexLock lock(&mu_);
+    return ReadVersionLocked(scope, key);
+  }
+
+  absl::StatusOr<std::optional<RecordInfo>> Inspect(std::string_view scope,
+                                                    std::string_view id) override {
+    if (absl::Status s = ValidateScope(scope); !s.ok()) return s;
+    if (absl::Status s = ValidateId(id, options_.max_id_bytes); !s.ok()) return s;
+    absl::MutexLock lock(&mu_);
+    absl::StatusOr<std::optional<DedupRow>> row = ReadRowLocked(scope, id, "inspect");
+    if (!row.ok()) return row.status();
+    if (!row->has_value()) return std::optional<RecordInfo>();
+    const DedupRow& r = **row;
+    RecordInfo info{.token = r.token,
+                    .attempts = r.attempts,
+                    .lease_until_ms = r.status == internal::kStatusInProgress ? r.lease_until : 0,
+                    .expires_at_ms = r.expires_at,
+                    .result = r.result};
+    switch (r.status) {
+      case internal::kStatusInProgress:
+        info.state = RecordState::kInProgress;
+        break;
+      case internal::kStatusReleased:
+        info.state = RecordState::kReleased;
+        break;
+      case internal::kStatusCompleted:
+        info.state = RecordState::kCompleted;
+        break;
+      default:
+        return absl::DataLossError(absl::StrCat("sqlite: unknown record status ", r.status));
+    }
+    if (r.fingerprint) info.fingerprint = Fingerprint::FromBytes(*r.fingerprint);
+    return std::optional<RecordInfo>(std::move(info));
+  }
+
+  StoreStats Stats() const override {
+    auto get = [](const std::atomic<uint64_t>& c) { return c.load(std::memory_order_relaxed); };
+    return StoreStats{.claims_acquired = get(counters_.claims_acquired),
+                      .takeovers = get(counters_.takeovers),
+                      .duplicates = get(counters_.duplicates),
+                      .in_progress = get(counters_.in_progress),
+                      .stale = get(counters_.stale),
+                      .conflicts = get(counters_.conflicts),
+                      .dead_lettered = get(counters_.dead_lettered),
+                      .completed = get(counters_.completed),
+                      .fenced = get(counters_.fenced),
+                      .retention_reclaims = get(counters_.retention_reclaims),
+                      .purged = get(counters_.purged)};
+  }
+
+  std::string_view BackendName() const override { return "sqlite"; }
+
+ private:
+  int64_t Retention() const { return options_.retention.count(); }
+
+  [[nodiscard]] absl::Status ValidateOwnerArgs(std::string_view scope, std::string_view id,
+                                               uint64_t token) {
+    if (absl::Status s = ValidateScope(scope); !s.ok()) return s;
+    if (absl::Status s = ValidateId(id, options_.max_id_bytes); !s.ok()) return s;
+    if (token == 0) return absl::InvalidArgumentError("token 0 is never issued by a claim");
+    return absl::OkStatus();
+  }
+
+  [[nodiscard]] absl::Status Fenced(std::string_view operation) {
+    Counters::Add(counters_.fenced);
+    return absl::AbortedError(
+        absl::StrCat("sqlite: ", std::string(operation),
+                     " refused: the token no longer owns the claim (lease lost)"));
+  }
+
+  // REQUIRES: inside a write transaction.
+  [[nodiscard]] absl::StatusOr<ClaimOutcome> ClaimLocked(const ClaimRequest& request, int64_t now)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    const uint64_t token = options_.token_source();
+    const int64_t lease_until = now + request.lease.count();
+    const std::optional<std::string> fingerprint = FingerprintBytes(request.fingerprint);
+    const std::optional<std::string> version =
+        request.version
+            ? std::optional<std::string>(internal::EncodeVersion(request.version->version))
+            : std::nullopt;
+    {
+      StmtRun run(st_.claim.get(), "claim");
+      run.Text(1, request.scope).Blob(2, request.id).Int64(3, TokenToSql(token));
+      run.Int64(4, lease_until).OptionalBlob(5, AsView(fingerprint));
+      run.Int64(6, lease_until + Retention());
+      if (request.version) {
+        run.Blob(7, request.version->key).Blob(8, *version);
+      } else {
+        run.Null(7).Null(8);
+      }
+      run.Int64(9, now).Int64(10, request.max_attempts);
+      absl::StatusOr<bool> row = run.Step();
+      if (!row.ok()) return row.status();
+      if (*row) {
+        const uint32_t attempts = static_cast<uint32_t>(run.ColumnInt64(0));
+        const int64_t origin = run.ColumnInt64(1);
+        if (absl::Status s = run.Run(); !s.ok()) return s;
+        return ClaimOutcome{.result = ClaimResult{.status = ClaimStatus::kAcquired,
+                                                  .token = token,
+                                                  .attempt = attempts,
+                                                  .lease_until_ms = lease_until,
+                                                  .took_over = origin == internal::kOriginTakeover},
+                            .retention_reclaim = origin == internal::kOriginRetention};
+      }
+    }
+
+    // Nothing claimed: say why, in the contract's order. Same transaction, so the row cannot
+    // have changed since the upsert looked at it.
+    absl::StatusOr<std::optional<DedupRow>> row = ReadRowLocked(request.scope, request.id, "claim");
+    if (!row.ok()) return row.status();
+    if (row->has_value()) {
+      if (std::optional<ClaimResult> held = internal::ClassifyHeld(**row, fingerprint, now)) {
+        return ClaimOutcome{.result = *std::move(held)};
+      }
+    }
+    if (request.version) {
+      absl::StatusOr<std::optional<uint64_t>> applied =
+          ReadVersionLocked(request.scope, request.version->key);
+      if (!applied.ok()) return applied.status();
+      if (applied->has_value() && **applied >= request.version->version) {
+        return ClaimOutcome{
+            .result = ClaimResult{.status = ClaimStatus::kStale, .applied_version = *applied}};
+      }
+    }
+    if (row->has_value() && (*row)->status != internal::kStatusCompleted &&
+        request.max_attempts > 0 && (*row)->attempts >= request.max_attempts) {
+      return ClaimOutcome{
+          .result = ClaimResult{.status = ClaimStatus::kDeadLettered, .attempt = (*row)->attempts}};
+    }
+    return absl::InternalError("sqlite: claim was neither acquired nor refused");
+  }
+
+  // nullopt when the token does not own the claim (nothing written).
+  // REQUIRES: inside a write transaction.
+  [[nodiscard]] absl::StatusOr<std::optional<CompleteStatus>> CompleteLocked(
+      const CompleteRequest& request, int64_t now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    const int64_t retention =
+        request.retention.count() > 0 ? request.retention.count() : Retention();
+    const std::optional<std::string> fingerprint = FingerprintBytes(request.fingerprint);
+    {
+      StmtRun run(st_.complete.get(), "complete");
+      run.Text(1, request.scope).Blob(2, request.id).Int64(3, TokenToSql(request.token));
+      run.Int64(4, now + retention).OptionalBlob(5, request.result);
+      run.OptionalBlob(6, AsView(fingerprint));
+      if (absl::Status s = run.Run(); !s.ok()) return s;
+    }
+    if (sqlite3_changes(db_.get()) == 0) return std::optional<CompleteStatus>();
+    if (!request.version) return CompleteStatus::kCompleted;
+
+    const std::string version = internal::EncodeVersion(request.version->version);
+    StmtRun run(st_.raise_version.get(), "complete: raise version");
+    run.Text(1, request.scope).Blob(2, request.version->key).Blob(3, version);
+    absl::StatusOr<bool> raised = run.Step();
+    if (!raised.ok()) return raised.status();
+    if (absl::Status s = run.Run(); !s.ok()) return s;
+    return *raised ? CompleteStatus::kCompleted : CompleteStatus::kStale;
+  }
+
+  [[nodiscard]] absl::StatusOr<std::optional<DedupRow>> ReadRowLocked(std::string_view scope,
+                                                                      std::string_view id,
+                                                                      std::string_view operation)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    StmtRun run(st_.select_row.get(), absl::StrCat(internal::ToAbsl(operation), ": read record"));
+    run.Text(1, scope).Blob(2, id);
+    absl::StatusOr<bool> found = run.Step();
+    if (!found.ok()) return found.status();
+    if (!*found) return std::optional<DedupRow>();
+    return std::optional<DedupRow>(DedupRow{
+        .status = static_cast<int>(run.ColumnInt64(0)),
+        .token = TokenFromSql(run.ColumnInt64(1)),
+        .lease_until = run.ColumnInt64(2),
+        .attempts = static_cast<uint32_t>(run.ColumnInt64(3)),
+        .fingerprint = run.ColumnBlob(4),
+        .result = run.ColumnBlob(5),
+        .expires_at = run.ColumnInt64(6),
+    });
+  }
+
+  [[nodiscard]] absl::StatusOr<std::optional<uint64_t>> ReadVersionLocked(std::string_view scope,
+                                                                          std::string_view key)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    StmtRun run(st_.select_version.get(), "read version");
+    run.Text(1, scope).Blob(2, key);
+    absl::StatusOr<bool> found = run.Step();
+    if (!found.ok()) return found.status();
+    if (!*found) return std::optional<uint64_t>();
+    std::optional<std::string> bytes = run.ColumnBlob(0);
+    absl::StatusOr<uint64_t> version = internal::DecodeVersion(bytes.value_or(""));
+    if (!version.ok()) return version.status();
+    return std::optional<uint64_t>(*version);
+  }
+
+  void Count(const ClaimOutcome& outcome) {
+    switch (outcome.result.status) {
+      case ClaimStatus::kAcquired:
+        Counters::Add(counters_.claims_acquired);
+        if (outcome.result.took_over) Counters::Add(counters_.takeovers);
+        if (outcome.retention_reclaim) Counters::Add(counters_.retention_reclaims);
+        break;
+      case ClaimStatus::kDuplicate:
+        Counters::Add(counters_.duplicates);
+        break;
+      case ClaimStatus::kInProgress:
+        Counters::Add(counters_.in_progress);
+        break;
+      case ClaimStatus::kStale:
+        Counters::Add(counters_.stale);
+        break;
+      case ClaimStatus::kConflict:
+        Counters::Add(counters_.conflicts);
+        break;
+      case ClaimStatus::kDeadLettered:
+        Counters::Add(counters_.dead_lettered);
+        break;
+    }
+  }
+
+  // A stale completion still COMPLETES the record, so it counts in both.
+  void CountCompletion(CompleteStatus status) {
+    Counters::Add(counters_.completed);
+    if (status == CompleteStatus::kStale) Counters::Add(counters_.stale);
+  }
+
+  SqliteStoreOptions options_;
+  Clock* clock_;
+  absl::Mutex mu_;
+  // Declared before the statements, so they are finalized before the connection closes.
+  SqliteDb db_ ABSL_GUARDED_BY(mu_);
+  Statements st_ ABSL_GUARDED_BY(mu_);
+  Counters counters_;
+};
+
+const char* SynchronousPragma(SqliteSynchronous synchronous) {
+  switch (synchronous) {
+    case SqliteSynchronous::kOff:
+      return "PRAGMA synchronous = OFF";
+    case SqliteSynchronous::kNormal:
+      return "PRAGMA synchronous = NORMAL";
+    case SqliteSynchronous::kFull:
+      return "PRAGMA synchronous = FULL";
+    case SqliteSynchronous::kExtra:
+      return "PRAGMA synchronous = EXTRA";
+  }
+  return "PRAGMA synchronous = FULL";
+}
+
+[[nodiscard]] absl::Status ValidateOptions(const SqliteStoreOptions& options) {
+  if (options.path.empty()) return absl::InvalidArgumentError("sqlite: path is empty");
+  if (options.path.find('\0') != std::string::npos) {
+    return absl::InvalidArgumentError("sqlite: path contains a NUL byte");
+  }
+  if (options.busy_timeout.count() < 0 || options.busy_timeout.count() > INT_MAX) {
+    return absl::InvalidArgumentError("sqlite: busy_timeout must be within 0..INT_MAX ms");
+  }
+  if (options.retention.count() <= 0) {
+    return absl::InvalidArgumentError("sqlite: retention must be > 0");
+  }
+  // SQLite's default SQLITE_MAX_LENGTH is 10^9 bytes; stay well within a bound int.
+  if (options.max_id_bytes == 0 || options.max_id_bytes > (1u << 24)) {
+    return absl::InvalidArgumentError("sqlite: max_id_bytes must be within 1..16 MiB");
+  }
+  return absl::OkStatus();
+}
+
+// WAL lets readers proceed while one process writes; it is a property of the file, so the first
+// opener converts it and later openers find it set.
+[[nodiscard]] absl::Status EnableWal(sqlite3* db) {
+  absl::StatusOr<SqliteStmt> stmt = internal::Prepare(db, "PRAGMA journal_mode = WAL");
+  if (!stmt.ok()) return stmt.status();
+  StmtRun run(stmt->get(), "enable WAL");
+  absl::StatusOr<bool> row = run.Step();
+  if (!row.ok()) return row.status();
+  const std::optional<std::string> mode = *row ? run.ColumnBlob(0) : std::nullopt;
+  // An in-memory database reports "memory"; it has no file to share.
+  if (mode != "wal" && mode != "memory") {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "sqlite: could not switch the database to WAL (journal_mode is ", mode.value_or("?"), ")"));
+  }
+  return run.Run();
+}
+
+}  // namespace
+
+int SqliteSchemaVersion() { return internal::kSchemaVersion; }
+
+absl::StatusOr<std::unique_ptr<DedupStore>> NewSqliteStore(SqliteStoreOptions options) {
+  if (absl::Status s = ValidateOptions(options); !s.ok()) return s;
+  sqlite3* raw = nullptr;
+  // NOMUTEX: the store serialises use of its connection itself.
+  const int rc = sqlite3_open_v2(
+      options.path.c_str(), &raw,
+      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE,
+      nullptr);
+  SqliteDb db(raw);
+  if (rc != SQLITE_OK) return SqliteStatus(rc, raw, "open database");
+  sqlite3_extended_result_codes(db.get(), 1);
+  sqlite3_busy_timeout(db.get(), static_cast<int>(options.busy_timeout.count()));
+
+  if (absl::Status s =
+          internal::Exec(db.get(), SynchronousPragma(options.synchronous), "set synchronous");
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = EnableWal(db.get()); !s.ok()) return s;
+  if (absl::Status s = internal::EnsureSchema(db.get()); !s.ok()) return s;
+  absl::StatusOr<Statements> statements = PrepareStatements(db.get());
+  if (!statements.ok()) return statements.status();
+  return std::unique_ptr<DedupStore>(
+      new SqliteStore(std::move(options), std::move(db), std::move(statements).value()));
+}
+
+}  // namespace idem

@@ -1,0 +1,255 @@
+// Transactional mode (DESIGN.md §5): the dedup row, the handler's writes and the version gate
+// share one BEGIN IMMEDIATE transaction on the caller's connection, committed once (I2, I5).
+#include <sqlite3.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "idem/sqlite_store.h"
+#include "internal/token.h"
+#include "sqlite_internal.h"
+
+namespace idem {
+namespace {
+
+using internal::DedupRow;
+using internal::SqliteStmt;
+using internal::StmtRun;
+using internal::TokenFromSql;
+using internal::TokenToSql;
+using internal::TxnStatements;
+using internal::WriteTxn;
+
+// Inserts the dedup row directly as COMPLETED (the transaction commits it only together with
+// the handler's writes), or takes over a record a lease-mode consumer left claimable: RELEASED,
+// an expired lease, or COMPLETED past its retention. No row returned: the id is held (duplicate,
+// conflict, live lease-mode claim). There is no max_attempts here: a failed transaction leaves
+// no trace to count.
+//   ?1 scope  ?2 id  ?3 token  ?4 fingerprint  ?5 expires_at  ?6 now
+constexpr char kInsertSql[] = R"sql(
+INSERT INTO idem_dedup(scope, id, status, token, lease_until, attempts, fingerprint, result,
+                       expires_at, claim_origin)
+VALUES(?1, ?2, 2, ?3, 0, 1, ?4, NULL, ?5, 0)
+ON CONFLICT(scope, id) DO UPDATE SET
+  status = 2,
+  token = excluded.token,
+  lease_until = 0,
+  expires_at = excluded.expires_at,
+  attempts = CASE WHEN idem_dedup.status = 2 THEN 1 ELSE idem_dedup.attempts + 1 END,
+  fingerprint = CASE WHEN idem_dedup.status = 2 THEN excluded.fingerprint
+                     ELSE coalesce(idem_dedup.fingerprint, excluded.fingerprint) END,
+  result = NULL,
+  claim_origin = CASE idem_dedup.status WHEN 2 THEN 3 WHEN 1 THEN 1 ELSE 2 END
+WHERE NOT (excluded.fingerprint IS NOT NULL AND idem_dedup.fingerprint IS NOT NULL
+           AND idem_dedup.fingerprint <> excluded.fingerprint)
+  AND ((idem_dedup.status = 2 AND idem_dedup.expires_at <= ?6)
+       OR idem_dedup.status = 1
+       OR (idem_dedup.status = 0 AND idem_dedup.lease_until <= ?6))
+RETURNING attempts
+)sql";
+
+constexpr char kSelectRowSql[] = R"sql(
+SELECT status, token, lease_until, attempts, fingerprint, result, expires_at
+FROM idem_dedup WHERE scope = ?1 AND id = ?2
+)sql";
+
+constexpr char kSelectVersionSql[] =
+    "SELECT version FROM idem_versions WHERE scope = ?1 AND key = ?2";
+
+constexpr char kRaiseVersionSql[] = R"sql(
+INSERT INTO idem_versions(scope, key, version) VALUES(?1, ?2, ?3)
+ON CONFLICT(scope, key) DO UPDATE SET version = excluded.version
+WHERE excluded.version > idem_versions.version
+RETURNING 1
+)sql";
+
+constexpr char kSetResultSql[] = "UPDATE idem_dedup SET result = ?3 WHERE scope = ?1 AND id = ?2";
+
+struct Statements {
+  TxnStatements txn;
+  SqliteStmt insert;
+  SqliteStmt select_row;
+  SqliteStmt select_version;
+  SqliteStmt raise_version;
+  SqliteStmt set_result;
+};
+
+[[nodiscard]] absl::StatusOr<Statements> PrepareStatements(sqlite3* db) {
+  Statements s;
+  absl::StatusOr<TxnStatements> txn = internal::PrepareTxnStatements(db);
+  if (!txn.ok()) return txn.status();
+  s.txn = std::move(txn).value();
+  const std::pair<SqliteStmt*, const char*> all[] = {
+      {&s.insert, kInsertSql},
+      {&s.select_row, kSelectRowSql},
+      {&s.select_version, kSelectVersionSql},
+      {&s.raise_version, kRaiseVersionSql},
+      {&s.set_result, kSetResultSql},
+  };
+  for (const auto& [slot, sql] : all) {
+    absl::StatusOr<SqliteStmt> stmt = internal::Prepare(db, sql);
+    if (!stmt.ok()) return stmt.status();
+    *slot = std::move(stmt).value();
+  }
+  return s;
+}
+
+class SqliteTransactionalImpl final : public SqliteTransactional {
+ public:
+  SqliteTransactionalImpl(sqlite3* db, std::string scope, SqliteTransactionalOptions options,
+                          Statements statements)
+      : db_(db),
+        scope_(std::move(scope)),
+        options_(options),
+        clock_(options_.clock != nullptr ? options_.clock : &SystemClock()),
+        tokens_(internal::RandomTokenSource()),
+        st_(std::move(statements)) {}
+
+  absl::StatusOr<ProcessResult> Process(const Message& message, SqliteHandler handler) override {
+    if (absl::Status s = ValidateId(message.id, options_.max_id_bytes); !s.ok()) return s;
+    if (message.version) {
+      if (absl::Status s = ValidateId(message.version->key, options_.max_id_bytes, "version key");
+          !s.ok()) {
+        return s;
+      }
+    }
+    if (sqlite3_get_autocommit(db_) == 0) {
+      return absl::FailedPreconditionError(
+          "sqlite: Process needs the connection outside a transaction; it opens its own");
+    }
+    std::optional<std::string> fingerprint;
+    if (options_.fingerprint_payloads) fingerprint = Fingerprint::Of(message.payload).ToBytes();
+
+    WriteTxn txn(db_, st_.txn);
+    if (absl::Status s = txn.Begin("transactional process"); !s.ok()) return s;
+    const int64_t now = clock_->NowMillis();
+    const uint64_t token = tokens_();
+
+    std::optional<uint32_t> attempt;
+    {
+      StmtRun run(st_.insert.get(), "transactional process: insert record");
+      run.Text(1, scope_).Blob(2, message.id).Int64(3, TokenToSql(token));
+      if (fingerprint) {
+        run.Blob(4, *fingerprint);
+      } else {
+        run.Null(4);
+      }
+      run.Int64(5, now + options_.retention.count()).Int64(6, now);
+      absl::StatusOr<bool> row = run.Step();
+      if (!row.ok()) return row.status();
+      if (*row) {
+        attempt = static_cast<uint32_t>(run.ColumnInt64(0));
+        if (absl::Status s = run.Run(); !s.ok()) return s;
+      }
+    }
+    if (!attempt) return Held(message.id, fingerprint, now);  // the guard rolls back
+
+    if (message.version) {
+      absl::StatusOr<bool> stale = IsStale(*message.version);
+      if (!stale.ok()) return stale.status();
+      if (*stale) return ProcessResult{.outcome = Outcome::kStale};
+    }
+
+    HandlerContext context(/*store=*/nullptr, scope_, message.id, *attempt, token);
+    // An exception leaves through here: `txn`'s destructor rolls back the handler's writes and
+    // the dedup row together, and the exception travels on unchanged.
+    handler(db_, context);
+    if (sqlite3_get_autocommit(db_) != 0) {
+      return absl::FailedPreconditionError(
+          "sqlite: the handler ended the transaction (COMMIT or ROLLBACK on the connection); "
+          "the version gate and the result were not applied");
+    }
+
+    if (message.version) {
+      const std::string version = internal::EncodeVersion(message.version->version);
+      StmtRun run(st_.raise_version.get(), "transactional process: raise version");
+      run.Text(1, scope_).Blob(2, message.version->key).Blob(3, version);
+      absl::StatusOr<bool> raised = run.Step();
+      if (!raised.ok()) return raised.status();
+      if (absl::Status s = run.Run(); !s.ok()) return s;
+      // Checked above in this transaction; only a handler writing idem_versions gets here.
+      if (!*raised) return ProcessResult{.outcome = Outcome::kStale};
+    }
+    if (context.result()) {
+      StmtRun run(st_.set_result.get(), "transactional process: save result");
+      run.Text(1, scope_).Blob(2, message.id).Blob(3, *context.result());
+      if (absl::Status s = run.Run(); !s.ok()) return s;
+    }
+    if (absl::Status s = txn.Commit("transactional process"); !s.ok()) return s;
+    return ProcessResult{
+        .outcome = Outcome::kProcessed, .result = context.result(), .attempt = *attempt};
+  }
+
+ private:
+  // Why the insert did not take the id.
+  [[nodiscard]] absl::StatusOr<ProcessResult> Held(std::string_view id,
+                                                   const std::optional<std::string>& fingerprint,
+                                                   int64_t now) {
+    StmtRun run(st_.select_row.get(), "transactional process: read record");
+    run.Text(1, scope_).Blob(2, id);
+    absl::StatusOr<bool> found = run.Step();
+    if (!found.ok()) return found.status();
+    if (*found) {
+      const DedupRow row{.status = static_cast<int>(run.ColumnInt64(0)),
+                         .token = TokenFromSql(run.ColumnInt64(1)),
+                         .lease_until = run.ColumnInt64(2),
+                         .attempts = static_cast<uint32_t>(run.ColumnInt64(3)),
+                         .fingerprint = run.ColumnBlob(4),
+                         .result = run.ColumnBlob(5),
+                         .expires_at = run.ColumnInt64(6)};
+      if (std::optional<ClaimResult> held = internal::ClassifyHeld(row, fingerprint, now)) {
+        return OutcomeOfClaim(*held);
+      }
+    }
+    return absl::InternalError("sqlite: the dedup row was neither inserted nor held");
+  }
+
+  [[nodiscard]] absl::StatusOr<bool> IsStale(const VersionStamp& stamp) {
+    StmtRun run(st_.select_version.get(), "transactional process: read version");
+    run.Text(1, scope_).Blob(2, stamp.key);
+    absl::StatusOr<bool> found = run.Step();
+    if (!found.ok()) return found.status();
+    if (!*found) return false;
+    std::optional<std::string> bytes = run.ColumnBlob(0);
+    absl::StatusOr<uint64_t> applied = internal::DecodeVersion(bytes.value_or(""));
+    if (!applied.ok()) return applied.status();
+    return *applied >= stamp.version;
+  }
+
+  sqlite3* db_;
+  std::string scope_;
+  SqliteTransactionalOptions options_;
+  Clock* clock_;
+  std::function<uint64_t()> tokens_;
+  Statements st_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<SqliteTransactional>> SqliteTransactional::Create(
+    sqlite3* db, std::string scope, SqliteTransactionalOptions options) {
+  if (db == nullptr) return absl::InvalidArgumentError("sqlite: db is null");
+  if (absl::Status s = ValidateScope(scope); !s.ok()) return s;
+  if (options.retention.count() <= 0) {
+    return absl::InvalidArgumentError("sqlite: retention must be > 0");
+  }
+  if (options.max_id_bytes == 0 || options.max_id_bytes > (1u << 24)) {
+    return absl::InvalidArgumentError("sqlite: max_id_bytes must be within 1..16 MiB");
+  }
+  if (sqlite3_get_autocommit(db) == 0) {
+    return absl::FailedPreconditionError(
+        "sqlite: SqliteTransactional::Create needs the connection outside a transaction");
+  }
+  if (absl::Status s = internal::EnsureSchema(db); !s.ok()) return s;
+  absl::StatusOr<Statements> statements = PrepareStatements(db);
+  if (!statements.ok()) return statements.status();
+  return std::unique_ptr<SqliteTransactional>(
+      new SqliteTransactionalImpl(db, std::move(scope), options, std::move(statements).value()));
+}
+
+}  // namespace idem
