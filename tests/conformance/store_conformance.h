@@ -11,6 +11,7 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <ostream>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -40,6 +41,9 @@ struct HarnessParam {
   std::string name;
   std::function<std::unique_ptr<StoreHarness>()> make;
 };
+
+// gtest prints a parameter in test names and failures; the backend's name says it all.
+inline void PrintTo(const HarnessParam& param, std::ostream* os) { *os << param.name; }
 
 inline std::string HarnessName(const ::testing::TestParamInfo<HarnessParam>& info) {
   return info.param.name;
