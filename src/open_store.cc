@@ -1,6 +1,7 @@
 // OpenStore: a plain switch on the URI scheme over the backends this build has.
 #include "idem/open_store.h"
 
+#include <algorithm>
 #include <charconv>
 #include <string>
 #include <utility>
@@ -143,19 +144,30 @@ absl::StatusOr<std::unique_ptr<DedupStore>> OpenSqlite(std::string_view rest, co
 
 }  // namespace
 
+// Masks the password of a userinfo ("user:secret@host") and of a "password=" query option.
 std::string RedactUri(std::string_view uri) {
-  const std::size_t scheme_end = uri.find("://");
-  if (scheme_end == std::string_view::npos) return std::string(uri);
-  const std::size_t authority = scheme_end + 3;
-  const std::size_t at = uri.find('@', authority);
-  const std::size_t slash = uri.find('/', authority);
-  if (at == std::string_view::npos || (slash != std::string_view::npos && slash < at)) {
-    return std::string(uri);
+  std::string out(uri);
+  const std::size_t scheme_end = out.find("://");
+  if (scheme_end != std::string::npos) {
+    const std::size_t authority = scheme_end + 3;
+    const std::size_t at = out.find('@', authority);
+    const std::size_t slash = out.find('/', authority);
+    const std::size_t colon = out.find(':', authority);
+    if (at != std::string::npos && (slash == std::string::npos || at < slash) &&
+        colon != std::string::npos && colon < at) {
+      out.replace(colon + 1, at - colon - 1, "***");
+    }
   }
-  const std::size_t colon = uri.find(':', authority);
-  if (colon == std::string_view::npos || colon > at) return std::string(uri);
-  return absl::StrCat(internal::ToAbsl(uri.substr(0, colon + 1)), "***",
-                      internal::ToAbsl(uri.substr(at)));
+  const std::size_t query = out.find('?');
+  for (std::size_t pos = query; pos != std::string::npos && pos < out.size();
+       pos = out.find('&', pos + 1)) {
+    constexpr std::string_view kKey = "password=";
+    if (out.compare(pos + 1, kKey.size(), kKey) != 0) continue;
+    const std::size_t begin = pos + 1 + kKey.size();
+    const std::size_t end = std::min(out.find('&', begin), out.size());
+    out.replace(begin, end - begin, "***");
+  }
+  return out;
 }
 
 absl::StatusOr<std::unique_ptr<DedupStore>> OpenStore(std::string_view uri) {

@@ -94,6 +94,9 @@ TEST(OpenStore, RedactsPasswords) {
   EXPECT_EQ(RedactUri("redis://:s3cret@h:1"), "redis://:***@h:1");
   EXPECT_EQ(RedactUri("redis://h:1/0"), "redis://h:1/0");
   EXPECT_EQ(RedactUri("sqlite:///tmp/a@b.db"), "sqlite:///tmp/a@b.db");
+  EXPECT_EQ(RedactUri("unix:///run/redis.sock?db=2&password=s3cret&prefix=p"),
+            "unix:///run/redis.sock?db=2&password=***&prefix=p");
+  EXPECT_EQ(RedactUri("redis://h:1/0?password=s3cret"), "redis://h:1/0?password=***");
 }
 
 }  // namespace

@@ -1,0 +1,602 @@
+#include "idem/sim/simulator.h"
+
+#include <dirent.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "broker.h"
+#include "fault_store.h"
+#include "idem/memory_store.h"
+#include "idem/open_store.h"
+#include "idem/processor.h"
+#include "idem/sim/prng.h"
+#include "idem/sqlite_store.h"
+#include "in_process.h"
+#include "oracle.h"
+#include "scheduler.h"
+#include "sim_time.h"
+#include "sqlite_effects.h"
+#include "text.h"
+
+namespace idem::sim {
+
+using internal::Sv;
+namespace internal {
+
+std::string NewScope(uint64_t seed) {
+  static std::atomic<uint64_t> counter{0};
+  const uint64_t nonce =
+      Hash64(static_cast<uint64_t>(getpid()),
+             static_cast<uint64_t>(std::chrono::system_clock::now().time_since_epoch().count()),
+             counter.fetch_add(1));
+  return absl::StrFormat("idem-sim.%d.%08x", seed, nonce & 0xffffffffu);
+}
+
+absl::StatusOr<std::string> MakeTempDir(const std::string& base) {
+  std::string root = base;
+  if (root.empty()) {
+    const char* tmp = std::getenv("TMPDIR");
+    root = tmp != nullptr && *tmp != '\0' ? tmp : "/tmp";
+  }
+  std::string templ = absl::StrCat(root, "/idem-sim-XXXXXX");
+  if (mkdtemp(templ.data()) == nullptr) {
+    return absl::UnavailableError(absl::StrCat("cannot create a directory under ", root));
+  }
+  return templ;
+}
+
+void RemoveDir(const std::string& dir) {
+  if (DIR* d = opendir(dir.c_str())) {
+    while (dirent* e = readdir(d)) {
+      const std::string name = e->d_name;
+      if (name != "." && name != "..") unlink(absl::StrCat(dir, "/", name).c_str());
+    }
+    closedir(d);
+  }
+  rmdir(dir.c_str());
+}
+
+namespace {
+
+// Thrown from a handler to emulate the death of the consumer's process at that point. The
+// consumer's context is marked crashed first, so the library's cleanup on the way out (a
+// release, a batch completion) never reaches the store, as for a dead process.
+struct SimulatedCrash {};
+
+// Thrown from a transactional handler whose effect row could not be written.
+struct EffectWriteFailed {
+  absl::Status status;
+};
+
+class InProcessRun {
+ public:
+  InProcessRun(const SimConfig& config, const Workload& workload, const RunOptions& options)
+      : config_(config),
+        workload_(workload),
+        options_(options),
+        profile_(config.mode == Mode::kLease ? Profile::kInProcessLease
+                                             : Profile::kInProcessTransactional) {}
+
+  absl::StatusOr<RunResult> Run();
+
+ private:
+  absl::Status Open();
+  void Consumer(int self);
+  void HandleLease(int self, CallContext& ctx, const std::vector<Hand>& hands);
+  void HandleTransactional(int self, CallContext& ctx, const Hand& hand);
+  void Crash(int self, CallContext& ctx, const std::vector<Hand>& hands);
+  void Answer(int self, const Hand& hand, const absl::StatusOr<ProcessResult>& result);
+  void Trace(int self, std::string text);
+  void Progress();
+  int64_t Backoff(const Hand& hand) const {
+    return std::min<int64_t>(config_.lease_ms, int64_t{8} << std::min(hand.attempt, 8));
+  }
+
+  const SimConfig& config_;
+  const Workload& workload_;
+  const RunOptions& options_;
+  const Profile profile_;
+
+  std::unique_ptr<SimTime> time_;
+  std::string temp_dir_;
+  std::string sqlite_path_;
+  std::string store_description_;
+  std::string scope_;
+  std::unique_ptr<DedupStore> base_store_;
+  std::unique_ptr<DedupStore> sabotaged_;
+  std::unique_ptr<DedupStore> faulty_;
+  std::optional<Processor> processor_;
+  std::vector<SqliteDb> connections_;
+  std::vector<std::unique_ptr<SqliteTransactional>> transactional_;
+  std::vector<std::unique_ptr<EffectWriter>> writers_;
+
+  std::unique_ptr<Oracle> oracle_;
+  std::unique_ptr<Broker> broker_;
+  std::unique_ptr<Scheduler> scheduler_;
+  int64_t start_ms_ = 0;
+  int64_t last_progress_ = -1;
+  std::vector<std::string> trace_;
+};
+
+absl::Status InProcessRun::Open() {
+  scope_ = NewScope(config_.seed);
+  std::string uri = config_.store_uri;
+  if (uri.empty()) {
+    absl::StatusOr<std::string> dir = MakeTempDir(options_.work_dir);
+    if (!dir.ok()) return dir.status();
+    temp_dir_ = *dir;
+    uri = absl::StrCat("sqlite://", temp_dir_, "/idem-sim.db");
+  }
+  store_description_ = RedactUri(uri);
+  const std::optional<std::string> sqlite_path = SqlitePathOf(uri);
+  const bool memory = uri == "memory:" || uri.rfind("memory:?", 0) == 0;
+  if (config_.mode == Mode::kTransactional && !sqlite_path) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("transactional mode needs a SQLite store (--store=sqlite:///path/to.db), got ",
+                     store_description_));
+  }
+  if (memory || sqlite_path) {
+    time_ = std::make_unique<SimulatedTime>();
+  } else {
+    time_ = std::make_unique<RealTime>();
+  }
+  // Deterministic tokens: a replay of a seed shows the same tokens in its trace.
+  auto next_token = std::make_shared<std::atomic<uint64_t>>(0);
+  auto token_source = [next_token] { return next_token->fetch_add(1) + 1; };
+  if (memory) {
+    MemoryStoreOptions options;
+    options.capacity = std::max<std::size_t>(1'000'000, 2 * workload_.messages.size());
+    options.clock = time_->clock();
+    options.token_source = token_source;
+    absl::StatusOr<std::unique_ptr<DedupStore>> store = NewMemoryStore(std::move(options));
+    if (!store.ok()) return store.status();
+    base_store_ = std::move(*store);
+  } else if (sqlite_path) {
+    sqlite_path_ = *sqlite_path;
+    SqliteStoreOptions options;
+    options.path = sqlite_path_;
+    options.synchronous = config_.synchronous;
+    options.clock = time_->clock();
+    options.token_source = token_source;
+    absl::StatusOr<std::unique_ptr<DedupStore>> store = NewSqliteStore(std::move(options));
+    if (!store.ok()) return store.status();
+    base_store_ = std::move(*store);
+  } else {
+    absl::StatusOr<std::unique_ptr<DedupStore>> store = OpenStore(uri);
+    if (!store.ok()) return store.status();
+    base_store_ = std::move(*store);
+  }
+  DedupStore* below = base_store_.get();
+  if (config_.sabotage != Sabotage::kNone) {
+    sabotaged_ = NewSabotagedStore(*base_store_, config_.sabotage);
+    below = sabotaged_.get();
+  }
+  oracle_ = std::make_unique<Oracle>(workload_, config_.mode, time_->exact());
+  FaultHooks hooks;
+  hooks.oracle = oracle_.get();
+  hooks.time = time_.get();
+  hooks.outage_ms = OutageMillis(config_);
+  hooks.scheduling_point = [this] {
+    CallContext* ctx = CurrentCallContext();
+    if (ctx != nullptr && !scheduler_->finished()) {
+      scheduler_->Yield(ctx->consumer, Scheduler::State::kRunnable);
+    }
+  };
+  if (options_.record_trace) {
+    hooks.trace = [this](std::string text) {
+      CallContext* ctx = CurrentCallContext();
+      Trace(ctx == nullptr ? -1 : ctx->consumer, std::move(text));
+    };
+  }
+  faulty_ = NewFaultInjectingStore(*below, std::move(hooks));
+  absl::StatusOr<Processor> processor = Processor::Create(
+      *faulty_, scope_, ProcessorOptions{.lease = std::chrono::milliseconds(config_.lease_ms)});
+  if (!processor.ok()) return processor.status();
+  processor_.emplace(std::move(*processor));
+
+  if (config_.mode == Mode::kTransactional) {
+    for (int i = 0; i < config_.consumers; ++i) {
+      absl::StatusOr<SqliteDb> db = OpenConnection(sqlite_path_, config_.synchronous);
+      if (!db.ok()) return db.status();
+      if (i == 0) {
+        if (absl::Status s = CreateEffectTable(db->get()); !s.ok()) return s;
+      }
+      absl::StatusOr<std::unique_ptr<SqliteTransactional>> tx = SqliteTransactional::Create(
+          db->get(), scope_, SqliteTransactionalOptions{.clock = time_->clock()});
+      if (!tx.ok()) return tx.status();
+      absl::StatusOr<std::unique_ptr<EffectWriter>> writer = EffectWriter::Create(db->get());
+      if (!writer.ok()) return writer.status();
+      transactional_.push_back(std::move(*tx));
+      writers_.push_back(std::move(*writer));
+      connections_.push_back(std::move(*db));
+    }
+  }
+  start_ms_ = time_->Now();
+  const int64_t budget = 40 * static_cast<int64_t>(workload_.deliveries.size()) + 10'000;
+  broker_ = std::make_unique<Broker>(workload_, start_ms_, budget);
+  scheduler_ = std::make_unique<Scheduler>(
+      config_.consumers, Hash64(config_.seed, 0x7363686564756c65ULL), time_.get(),
+      [this](int64_t now) { return broker_->HasDue(now); }, [this] { return broker_->NextDue(); });
+  return absl::OkStatus();
+}
+
+void InProcessRun::Trace(int self, std::string text) {
+  if (!options_.record_trace || trace_.size() >= 200'000) return;
+  trace_.push_back(absl::StrFormat("t=%-6d c%d  %s", time_->Now() - start_ms_, self, text));
+}
+
+void InProcessRun::Progress() {
+  if (!options_.progress) return;
+  const int64_t done = broker_->acked();
+  const int64_t step = std::max<int64_t>(1, broker_->total() / 200);
+  if (last_progress_ >= 0 && done - last_progress_ < step && done != broker_->total()) return;
+  last_progress_ = done;
+  options_.progress(done, broker_->total());
+}
+
+void InProcessRun::Consumer(int self) {
+  CallContext ctx;
+  ctx.consumer = self;
+  CurrentCallContext() = &ctx;
+  const int batch = config_.mode == Mode::kLease ? config_.batch : 1;
+  while (!scheduler_->finished()) {
+    std::vector<Hand> hands = broker_->Poll(time_->Now(), batch);
+    if (hands.empty()) {
+      scheduler_->Yield(self, Scheduler::State::kIdle);
+      continue;
+    }
+    for (const Hand& hand : hands) {
+      oracle_->Delivered();
+      if (options_.record_trace) {
+        const SimMessage& m = workload_.messages[hand.message];
+        Trace(self, absl::StrFormat("m%d deliver copy=%d attempt=%d id=%s key=%s v=%u%s",
+                                    hand.message, hand.copy, hand.attempt, PrintableId(m.id), m.key,
+                                    m.version, m.reuses_id ? " (reused id)" : ""));
+      }
+    }
+    if (config_.mode == Mode::kLease) {
+      HandleLease(self, ctx, hands);
+    } else {
+      HandleTransactional(self, ctx, hands[0]);
+    }
+    Progress();
+    scheduler_->Yield(self, Scheduler::State::kRunnable);
+  }
+  CurrentCallContext() = nullptr;
+}
+
+void InProcessRun::HandleLease(int self, CallContext& ctx, const std::vector<Hand>& hands) {
+  ctx.in_hand.clear();
+  std::vector<Message> messages;
+  bool crash_before_claim = false;
+  for (const Hand& hand : hands) {
+    const SimMessage& m = workload_.messages[hand.message];
+    const Fault fault = PlanFault(config_, profile_, hand.message, hand.copy, hand.attempt);
+    if (fault != Fault::kNone)
+      Trace(self, absl::StrCat("m", hand.message, " fault planned: ", Sv(FaultName(fault))));
+    if (fault == Fault::kCrashBeforeClaim) {
+      crash_before_claim = true;
+      oracle_->FaultInjected(hand.message, 0, fault);
+    }
+    ctx.in_hand.push_back({.id = m.id, .message = hand.message, .fault = fault});
+    messages.push_back(
+        Message{.id = m.id, .payload = m.payload, .version = VersionStamp{m.key, m.version}});
+  }
+  if (crash_before_claim) {
+    Crash(self, ctx, hands);
+    return;
+  }
+
+  auto handler = [&](HandlerContext& hc) {
+    CallContext::InHand* h = ctx.Find(hc.message_id());
+    if (h == nullptr) return;  // not ours: cannot happen, the broker never batches one id twice
+    if (h->fault == Fault::kCrashAfterClaim) {
+      oracle_->FaultInjected(h->message, hc.token(), h->fault);
+      ctx.crashed = true;
+      throw SimulatedCrash{};
+    }
+    h->ran = true;
+    h->token = hc.token();
+    oracle_->HandlerRan(h->message, hc.token(), time_->Now());
+    Trace(self, absl::StrFormat("m%d effect (token=%d attempt=%d)", h->message, hc.token(),
+                                hc.attempt()));
+    if (h->fault == Fault::kCrashAfterEffect) {
+      oracle_->FaultInjected(h->message, hc.token(), h->fault);
+      ctx.crashed = true;
+      throw SimulatedCrash{};
+    }
+    if (h->fault == Fault::kPauseBeyondLease) {
+      oracle_->FaultInjected(h->message, hc.token(), h->fault);
+      // Frozen for longer than the lease while the others go on: the broker hands this
+      // consumer's deliveries to them, and once the lease has run out they take the claim over.
+      for (const Hand& hand : hands) broker_->Redeliver(hand, time_->Now());
+      Trace(self, absl::StrCat("m", h->message, " pauses beyond the lease"));
+      scheduler_->Yield(self, Scheduler::State::kSleeping,
+                        time_->Now() + config_.lease_ms + config_.lease_ms / 2 + 1);
+      Trace(self, absl::StrCat("m", h->message, " resumes"));
+      return;
+    }
+    scheduler_->Yield(self, Scheduler::State::kRunnable);
+  };
+
+  std::vector<absl::StatusOr<ProcessResult>> results;
+  try {
+    if (config_.batch == 1) {
+      results.push_back(processor_->Process(messages[0], handler));
+    } else {
+      results = processor_->ProcessBatch(messages, handler);
+    }
+  } catch (const SimulatedCrash&) {
+    Crash(self, ctx, hands);
+    return;
+  }
+  bool crash_after_complete = false;
+  for (const CallContext::InHand& h : ctx.in_hand) {
+    if (h.fault == Fault::kCrashAfterComplete) {
+      crash_after_complete = true;
+      oracle_->FaultInjected(h.message, h.token, h.fault);
+    }
+  }
+  if (crash_after_complete) {
+    Crash(self, ctx, hands);
+    return;
+  }
+  for (std::size_t i = 0; i < hands.size(); ++i) {
+    Answer(self, hands[i], i < results.size() ? results[i] : absl::InternalError("no result"));
+  }
+  ctx.in_hand.clear();
+}
+
+void InProcessRun::HandleTransactional(int self, CallContext& ctx, const Hand& hand) {
+  const SimMessage& m = workload_.messages[hand.message];
+  const Fault fault = PlanFault(config_, profile_, hand.message, hand.copy, hand.attempt);
+  ctx.in_hand.assign(1, {.id = m.id, .message = hand.message, .fault = fault});
+  if (fault != Fault::kNone) {
+    Trace(self, absl::StrCat("m", hand.message, " fault planned: ", Sv(FaultName(fault))));
+  }
+  if (fault == Fault::kCrashBeforeClaim) {
+    oracle_->FaultInjected(hand.message, 0, fault);
+    Crash(self, ctx, {hand});
+    return;
+  }
+  const Message message{
+      .id = m.id, .payload = m.payload, .version = VersionStamp{m.key, m.version}};
+  absl::StatusOr<ProcessResult> result;
+  try {
+    // No scheduling point inside: the transaction holds SQLite's write lock, and another
+    // consumer's connection would only wait for it.
+    result = transactional_[self]->Process(message, [&](sqlite3*, HandlerContext& hc) {
+      if (fault == Fault::kCrashAfterClaim) {
+        oracle_->FaultInjected(hand.message, hc.token(), fault);
+        ctx.crashed = true;
+        throw SimulatedCrash{};
+      }
+      oracle_->HandlerRan(hand.message, hc.token(), time_->Now());
+      Trace(self, absl::StrFormat("m%d effect row (token=%d)", hand.message, hc.token()));
+      if (absl::Status s = writers_[self]->Write(scope_, hand.message, m.id, m.version, hc.token());
+          !s.ok()) {
+        throw EffectWriteFailed{s};
+      }
+      if (fault == Fault::kCrashAfterEffect) {
+        oracle_->FaultInjected(hand.message, hc.token(), fault);
+        ctx.crashed = true;
+        throw SimulatedCrash{};
+      }
+    });
+  } catch (const SimulatedCrash&) {
+    Crash(self, ctx, {hand});
+    return;
+  } catch (const EffectWriteFailed& e) {
+    result = e.status;
+  }
+  if (result.ok() && fault == Fault::kCrashAfterComplete) {
+    oracle_->FaultInjected(hand.message, 0, fault);
+    Crash(self, ctx, {hand});
+    return;
+  }
+  if (result.ok() && fault == Fault::kLostReplyOnComplete) {
+    oracle_->FaultInjected(hand.message, 0, fault);
+    result = absl::DeadlineExceededError("simulated: the commit's reply was lost");
+  }
+  Trace(self, absl::StrCat("m", hand.message, " transaction -> ",
+                           result.ok() ? std::string(OutcomeName(result->outcome))
+                                       : result.status().ToString()));
+  Answer(self, hand, result);
+  ctx.in_hand.clear();
+}
+
+void InProcessRun::Crash(int self, CallContext& ctx, const std::vector<Hand>& hands) {
+  ctx.crashed = true;
+  // Runs that had started their effect and not completed are explained by this crash.
+  for (const CallContext::InHand& h : ctx.in_hand) {
+    if (h.ran) oracle_->RunFaulted(h.token);
+  }
+  oracle_->Crashed();
+  // The broker notices the dead session after a while and redelivers what it had.
+  const int64_t at = time_->Now() + std::max<int64_t>(1, config_.lease_ms / 4);
+  for (const Hand& hand : hands) broker_->Redeliver(hand, at);
+  Trace(self, "CRASH; the consumer restarts");
+  ctx.crashed = false;
+  ctx.in_hand.clear();
+}
+
+void InProcessRun::Answer(int self, const Hand& hand, const absl::StatusOr<ProcessResult>& result) {
+  if (!result.ok()) {
+    oracle_->StoreError();
+    Trace(self, absl::StrCat("m", hand.message, " nack: ", result.status().ToString()));
+    broker_->Redeliver(hand, time_->Now() + Backoff(hand));
+    return;
+  }
+  if (result->outcome == Outcome::kInProgress) {
+    oracle_->InProgress();
+    Trace(self, absl::StrCat("m", hand.message, " nack: in progress elsewhere"));
+    broker_->Redeliver(hand, time_->Now() + std::max<int64_t>(1, config_.lease_ms / 4));
+    return;
+  }
+  if (broker_->Ack(hand)) {
+    oracle_->Acked(hand.message, result->outcome);
+    Trace(self, absl::StrCat("m", hand.message, " ack: ", Sv(OutcomeName(result->outcome))));
+  } else {
+    Trace(self, absl::StrCat("m", hand.message, " ack ignored (redelivered meanwhile): ",
+                             Sv(OutcomeName(result->outcome))));
+  }
+}
+
+absl::StatusOr<RunResult> InProcessRun::Run() {
+  const auto wall_start = std::chrono::steady_clock::now();
+  if (absl::Status s = Open(); !s.ok()) {
+    if (!temp_dir_.empty()) RemoveDir(temp_dir_);
+    return s;
+  }
+  scheduler_->Run([this](int self) { Consumer(self); });
+  if (options_.progress) options_.progress(broker_->acked(), broker_->total());
+
+  absl::Status effects_status;
+  if (config_.mode == Mode::kTransactional) {
+    absl::StatusOr<std::vector<EffectRow>> rows = ReadEffects(connections_[0].get(), scope_);
+    if (rows.ok()) {
+      for (const EffectRow& row : *rows) oracle_->EffectCommitted(row.message, row.version);
+    } else {
+      effects_status = rows.status();
+    }
+  }
+  RunResult out;
+  if (config_.mode == Mode::kLease) {
+    out.report = oracle_->Finish(broker_->Unacked(), [this](const std::string& key) {
+      return base_store_->AppliedVersion(scope_, key);
+    });
+  } else {
+    out.report = oracle_->Finish(broker_->Unacked(), nullptr);
+  }
+  for (const std::string& e : scheduler_->errors()) {
+    out.report.violations.push_back(absl::StrCat("a consumer failed: ", e));
+    ++out.report.lost;
+  }
+  if (!effects_status.ok()) {
+    out.report.violations.push_back(effects_status.ToString());
+    ++out.report.lost;
+  }
+  out.report.budget_exhausted = broker_->budget_exhausted();
+  out.report.wall_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - wall_start).count();
+  out.store_description = store_description_;
+  out.trace = std::move(trace_);
+
+  transactional_.clear();
+  writers_.clear();
+  connections_.clear();
+  processor_.reset();
+  faulty_.reset();
+  sabotaged_.reset();
+  base_store_.reset();
+  if (!temp_dir_.empty()) {
+    if (options_.keep_files || (options_.keep_files_on_failure && !out.report.passed())) {
+      out.store_description += " (kept)";
+    } else {
+      RemoveDir(temp_dir_);
+    }
+  }
+  return out;
+}
+
+}  // namespace
+}  // namespace internal
+
+absl::StatusOr<RunResult> RunWorkload(const SimConfig& config, const Workload& workload,
+                                      const RunOptions& options) {
+  if (absl::Status s = ValidateConfig(config); !s.ok()) return s;
+  internal::InProcessRun run(config, workload, options);
+  return run.Run();
+}
+
+absl::StatusOr<RunResult> RunSimulation(const SimConfig& config, const RunOptions& options) {
+  if (absl::Status s = ValidateConfig(config); !s.ok()) return s;
+  if (config.processes > 0) return internal::RunProcesses(config, options);
+  const Workload workload = GenerateWorkload(config);
+  return RunWorkload(config, workload, options);
+}
+
+absl::StatusOr<ShrinkResult> ShrinkFailure(const SimConfig& config, int max_runs,
+                                           double max_seconds) {
+  SimConfig c = config;
+  c.processes = 0;
+  // Each attempt needs a fresh store: a temporary SQLite file for SQLite, memory for memory.
+  if (internal::SqlitePathOf(c.store_uri)) c.store_uri.clear();
+  const Workload full = GenerateWorkload(c);
+  const auto start = std::chrono::steady_clock::now();
+  ShrinkResult out;
+  out.deliveries_before = static_cast<int64_t>(full.deliveries.size());
+  auto subset = [&full](const std::vector<int64_t>& keep) {
+    Workload w;
+    w.messages = full.messages;
+    w.keys = full.keys;
+    w.distinct_ids = full.distinct_ids;
+    for (int64_t i : keep) w.deliveries.push_back(full.deliveries[i]);
+    return w;
+  };
+  auto out_of_budget = [&] {
+    return out.runs >= max_runs ||
+           std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() >
+               max_seconds;
+  };
+  auto fails = [&](const std::vector<int64_t>& keep) {
+    ++out.runs;
+    RunOptions quiet;
+    quiet.keep_files_on_failure = false;
+    absl::StatusOr<RunResult> r = RunWorkload(c, subset(keep), quiet);
+    return r.ok() && !r->report.passed();
+  };
+  std::vector<int64_t> current(full.deliveries.size());
+  for (std::size_t i = 0; i < current.size(); ++i) current[i] = static_cast<int64_t>(i);
+  if (!fails(current)) {
+    return absl::FailedPreconditionError("the run does not fail in process; nothing to shrink");
+  }
+  // ddmin over the initial deliveries: drop chunks while the run still fails, refining the
+  // chunks when no single one can go.
+  std::size_t n = 2;
+  while (current.size() >= 2 && !out_of_budget()) {
+    const std::size_t chunk = (current.size() + n - 1) / n;
+    bool reduced = false;
+    for (std::size_t start_at = 0; start_at < current.size() && !out_of_budget();
+         start_at += chunk) {
+      std::vector<int64_t> complement;
+      complement.reserve(current.size());
+      for (std::size_t i = 0; i < current.size(); ++i) {
+        if (i < start_at || i >= start_at + chunk) complement.push_back(current[i]);
+      }
+      if (!complement.empty() && fails(complement)) {
+        current = std::move(complement);
+        n = std::max<std::size_t>(n - 1, 2);
+        reduced = true;
+        break;
+      }
+    }
+    if (!reduced) {
+      if (n >= current.size()) break;
+      n = std::min(2 * n, current.size());
+    }
+  }
+  out.workload = subset(current);
+  out.deliveries_after = static_cast<int64_t>(current.size());
+  RunOptions replay_options;
+  replay_options.record_trace = true;
+  replay_options.keep_files_on_failure = false;
+  absl::StatusOr<RunResult> replay = RunWorkload(c, out.workload, replay_options);
+  if (!replay.ok()) return replay.status();
+  out.replay = std::move(*replay);
+  return out;
+}
+
+}  // namespace idem::sim

@@ -1,0 +1,119 @@
+#include "sqlite_effects.h"
+
+#include <string>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace idem::sim::internal {
+namespace {
+
+absl::Status SqliteError(sqlite3* db, std::string_view what) {
+  const int code = db == nullptr ? SQLITE_ERROR : sqlite3_extended_errcode(db);
+  std::string text =
+      absl::StrCat(std::string(what), ": ", db == nullptr ? "no connection" : sqlite3_errmsg(db));
+  if ((code & 0xff) == SQLITE_BUSY || (code & 0xff) == SQLITE_LOCKED) {
+    return absl::UnavailableError(text);
+  }
+  return absl::InternalError(text);
+}
+
+absl::Status Exec(sqlite3* db, const char* sql) {
+  if (sqlite3_exec(db, sql, nullptr, nullptr, nullptr) != SQLITE_OK) return SqliteError(db, sql);
+  return absl::OkStatus();
+}
+
+const char* SynchronousPragma(SqliteSynchronous s) {
+  switch (s) {
+    case SqliteSynchronous::kOff:
+      return "PRAGMA synchronous=OFF";
+    case SqliteSynchronous::kNormal:
+      return "PRAGMA synchronous=NORMAL";
+    case SqliteSynchronous::kFull:
+      return "PRAGMA synchronous=FULL";
+    case SqliteSynchronous::kExtra:
+      return "PRAGMA synchronous=EXTRA";
+  }
+  return "PRAGMA synchronous=FULL";
+}
+
+}  // namespace
+
+std::optional<std::string> SqlitePathOf(std::string_view uri) {
+  constexpr std::string_view kScheme = "sqlite:";
+  if (uri.substr(0, kScheme.size()) != kScheme) return std::nullopt;
+  std::string_view rest = uri.substr(kScheme.size());
+  if (rest.substr(0, 2) == "//") rest.remove_prefix(2);  // sqlite:///abs -> /abs
+  rest = rest.substr(0, rest.find('?'));
+  if (rest.empty()) return std::nullopt;
+  return std::string(rest);
+}
+
+absl::StatusOr<SqliteDb> OpenConnection(const std::string& path, SqliteSynchronous synchronous) {
+  sqlite3* raw = nullptr;
+  const int rc =
+      sqlite3_open_v2(path.c_str(), &raw,
+                      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
+  SqliteDb db(raw);
+  if (rc != SQLITE_OK) return SqliteError(raw, absl::StrCat("opening ", path));
+  sqlite3_busy_timeout(db.get(), 10'000);
+  if (absl::Status s = Exec(db.get(), "PRAGMA journal_mode=WAL"); !s.ok()) return s;
+  if (absl::Status s = Exec(db.get(), SynchronousPragma(synchronous)); !s.ok()) return s;
+  return db;
+}
+
+absl::Status CreateEffectTable(sqlite3* db) {
+  return Exec(db,
+              "CREATE TABLE IF NOT EXISTS idem_sim_effects ("
+              " scope TEXT NOT NULL, message INTEGER NOT NULL, id BLOB NOT NULL,"
+              " version INTEGER NOT NULL, token INTEGER NOT NULL)");
+}
+
+absl::StatusOr<std::unique_ptr<EffectWriter>> EffectWriter::Create(sqlite3* db) {
+  sqlite3_stmt* raw = nullptr;
+  if (sqlite3_prepare_v3(db,
+                         "INSERT INTO idem_sim_effects(scope, message, id, version, token)"
+                         " VALUES (?1, ?2, ?3, ?4, ?5)",
+                         -1, SQLITE_PREPARE_PERSISTENT, &raw, nullptr) != SQLITE_OK) {
+    return SqliteError(db, "preparing the effect insert");
+  }
+  return std::unique_ptr<EffectWriter>(new EffectWriter(SqliteStmt(raw)));
+}
+
+absl::Status EffectWriter::Write(std::string_view scope, int64_t message, std::string_view id,
+                                 uint64_t version, uint64_t token) {
+  sqlite3_stmt* st = stmt_.get();
+  sqlite3_reset(st);
+  sqlite3_bind_text(st, 1, scope.data(), static_cast<int>(scope.size()), SQLITE_TRANSIENT);
+  sqlite3_bind_int64(st, 2, message);
+  sqlite3_bind_blob(st, 3, id.data(), static_cast<int>(id.size()), SQLITE_TRANSIENT);
+  // uint64 versions are stored bit for bit in SQLite's signed 64-bit integers.
+  sqlite3_bind_int64(st, 4, static_cast<int64_t>(version));
+  sqlite3_bind_int64(st, 5, static_cast<int64_t>(token));
+  const int rc = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (rc != SQLITE_DONE) return SqliteError(sqlite3_db_handle(st), "writing an effect row");
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<EffectRow>> ReadEffects(sqlite3* db, std::string_view scope) {
+  sqlite3_stmt* raw = nullptr;
+  if (sqlite3_prepare_v2(db,
+                         "SELECT message, version FROM idem_sim_effects WHERE scope = ?1"
+                         " ORDER BY rowid",
+                         -1, &raw, nullptr) != SQLITE_OK) {
+    return SqliteError(db, "reading effect rows");
+  }
+  SqliteStmt stmt(raw);
+  sqlite3_bind_text(raw, 1, scope.data(), static_cast<int>(scope.size()), SQLITE_TRANSIENT);
+  std::vector<EffectRow> rows;
+  int rc;
+  while ((rc = sqlite3_step(raw)) == SQLITE_ROW) {
+    rows.push_back({.message = sqlite3_column_int64(raw, 0),
+                    .version = static_cast<uint64_t>(sqlite3_column_int64(raw, 1))});
+  }
+  if (rc != SQLITE_DONE) return SqliteError(db, "reading effect rows");
+  return rows;
+}
+
+}  // namespace idem::sim::internal
