@@ -1,5 +1,6 @@
-// The process profile: each consumer is a separate process on a shared SQLite file, SIGKILLed at
-// its crash points and restarted; this process is the broker.
+// The process profile: each consumer is a separate process on a shared store (a SQLite file, or in
+// lease mode any server store such as Redis), SIGKILLed at its crash points and restarted; this
+// process is the broker.
 //
 // Protocol on each consumer's socket, one line per message:
 //   broker -> consumer   D <handle> <message> <fault>[;<handle> <message> <fault>...]   a batch
@@ -39,6 +40,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "broker.h"
+#include "idem/open_store.h"
 #include "idem/processor.h"
 #include "idem/sim/simulator.h"
 #include "idem/sqlite_store.h"
@@ -56,6 +58,18 @@ using internal::Broker;
 using internal::Hand;
 
 constexpr int kChildFd = 3;
+
+// The lease-mode store every process opens: the SQLite file with the run's `synchronous`, or
+// any other shared store by its URI (Redis).
+absl::StatusOr<std::unique_ptr<DedupStore>> OpenSharedStore(const SimConfig& config) {
+  if (const std::optional<std::string> path = internal::SqlitePathOf(config.store_uri)) {
+    SqliteStoreOptions options;
+    options.path = *path;
+    options.synchronous = config.synchronous;
+    return NewSqliteStore(std::move(options));
+  }
+  return OpenStore(config.store_uri);
+}
 
 std::string_view SynchronousName(SqliteSynchronous s) {
   switch (s) {
@@ -155,12 +169,8 @@ int ChildConsumer::Run() {
                  O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
   if (log_fd_ < 0) return 4;
   const std::optional<std::string> path = internal::SqlitePathOf(config_.store_uri);
-  if (!path) return 5;
   if (config_.mode == Mode::kLease) {
-    SqliteStoreOptions options;
-    options.path = *path;
-    options.synchronous = config_.synchronous;
-    absl::StatusOr<std::unique_ptr<DedupStore>> store = NewSqliteStore(std::move(options));
+    absl::StatusOr<std::unique_ptr<DedupStore>> store = OpenSharedStore(config_);
     if (!store.ok()) {
       std::fprintf(stderr, "consumer: %s\n", store.status().ToString().c_str());
       return 5;
@@ -171,6 +181,7 @@ int ChildConsumer::Run() {
     if (!p.ok()) return 5;
     processor_.emplace(std::move(*p));
   } else {
+    if (!path) return 5;
     absl::StatusOr<internal::SqliteDb> db = internal::OpenConnection(*path, config_.synchronous);
     if (!db.ok()) return 5;
     db_ = std::move(*db);
@@ -460,14 +471,18 @@ absl::StatusOr<RunResult> ProcessRun::Run() {
     config_.store_uri = absl::StrCat("sqlite://", db_path_);
   } else if (std::optional<std::string> path = internal::SqlitePathOf(config_.store_uri)) {
     db_path_ = *path;
-  } else {
+  } else if (config_.mode == Mode::kTransactional) {
     internal::RemoveDir(run_dir_);
     return absl::InvalidArgumentError(
-        "the process profile needs a SQLite store shared by the consumer processes "
-        "(--store=sqlite:///path/to.db)");
+        "the transactional process profile needs a SQLite store shared by the consumer "
+        "processes (--store=sqlite:///path/to.db)");
   }
   scope_ = internal::NewScope(config_.seed);
-  {
+  if (db_path_.empty()) {
+    // A server store (Redis): check it answers before starting consumers against it.
+    absl::StatusOr<std::unique_ptr<DedupStore>> store = OpenSharedStore(config_);
+    if (!store.ok()) return store.status();
+  } else {
     // Create the schema before the consumers race to; closed again before any fork, because a
     // child exiting would drop this process's SQLite locks on the file.
     SqliteStoreOptions options;
@@ -551,7 +566,8 @@ absl::StatusOr<RunResult> ProcessRun::Run() {
   out.report = Judge(broker_->Unacked());
   out.report.wall_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - wall_start).count();
-  out.store_description = absl::StrCat("sqlite://", db_path_);
+  out.store_description =
+      db_path_.empty() ? RedactUri(config_.store_uri) : absl::StrCat("sqlite://", db_path_);
   if (options_.keep_files || (options_.keep_files_on_failure && !out.report.passed())) {
     out.store_description += absl::StrCat(" (kept; logs in ", run_dir_, ")");
   } else {
@@ -663,9 +679,7 @@ Report ProcessRun::Judge(const std::vector<int64_t>& unacked) {
       lost[message] = true;
     }
     // The version gate's final state, read back from the file.
-    SqliteStoreOptions options;
-    options.path = db_path_;
-    absl::StatusOr<std::unique_ptr<DedupStore>> store = NewSqliteStore(std::move(options));
+    absl::StatusOr<std::unique_ptr<DedupStore>> store = OpenSharedStore(config_);
     absl::flat_hash_map<std::string, uint64_t> max_processed;
     for (std::size_t m = 0; m < workload_.messages.size(); ++m) {
       if (!applied_message[m]) continue;

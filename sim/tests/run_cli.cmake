@@ -1,6 +1,7 @@
 # Runs idem-sim as a user would and checks its exit status and its last line.
 #   -DSIM=<path>                   the idem-sim binary
 #   -DCHECK=pass|sabotage|badflag  what to check
+#   -DEXTRA=<args>                 (pass) more flags, ';'-separated, e.g. a --store and a profile
 if(CHECK STREQUAL "badflag")
   foreach(args "--messages=lots" "--no-such-flag=1" "--mode=sideways" "--dup-rate=1.5")
     execute_process(COMMAND ${SIM} ${args} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
@@ -22,15 +23,19 @@ if(CHECK STREQUAL "badflag")
   return()
 endif()
 
-set(args --messages=400 --keys=8 --consumers=3 --crash-rate=0.1 --pause-rate=0.02 --seed=7
-         --progress=lines)
+set(seed 7)
+if(DEFINED SEED)
+  set(seed ${SEED})
+endif()
+set(args --messages=400 --keys=8 --consumers=3 --crash-rate=0.1 --pause-rate=0.02 --seed=${seed}
+         --progress=lines ${EXTRA})
 if(CHECK STREQUAL "sabotage")
   list(APPEND args --sabotage=claim_forgets_records --store=memory:)
 endif()
 execute_process(COMMAND ${SIM} ${args} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
 string(STRIP "${out}" out)
 string(REGEX REPLACE ".*\n" "" last "${out}")
-set(fields "messages=[0-9]+ deliveries=[0-9]+ handler_runs=[0-9]+ effects=[0-9]+ duplicates=[0-9]+ stale=[0-9]+ in_progress=[0-9]+ conflicts=[0-9]+ dead_lettered=[0-9]+ lost=[0-9]+ double_effects=[0-9]+ unexplained=[0-9]+ stale_applied=[0-9]+ seed=7")
+set(fields "messages=[0-9]+ deliveries=[0-9]+ handler_runs=[0-9]+ effects=[0-9]+ duplicates=[0-9]+ stale=[0-9]+ in_progress=[0-9]+ conflicts=[0-9]+ dead_lettered=[0-9]+ lost=[0-9]+ double_effects=[0-9]+ unexplained=[0-9]+ stale_applied=[0-9]+ seed=${seed}")
 if(CHECK STREQUAL "sabotage")
   if(rc EQUAL 0)
     message(FATAL_ERROR "a broken store passed (exit 0):\n${out}")
