@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "conformance/store_conformance.h"
 #include "gtest/gtest.h"
+#include "idem/forwarding_store.h"
 #include "testing/status_matchers.h"
 
 namespace idem {
@@ -27,49 +28,11 @@ class MemoryHarness final : public testing::StoreHarness {
       if (!store.ok()) return store.status();
       store_ = std::move(store).value();
     }
-    return std::unique_ptr<DedupStore>(new Borrowed(*store_));
+    return std::unique_ptr<DedupStore>(new ForwardingStore(*store_));
   }
   void Advance(std::chrono::milliseconds by) override { clock_.Advance(by.count()); }
 
  private:
-  // A non-owning DedupStore forwarding to the shared one.
-  class Borrowed final : public DedupStore {
-   public:
-    explicit Borrowed(DedupStore& s) : s_(s) {}
-    absl::StatusOr<ClaimResult> Claim(const ClaimRequest& r) override { return s_.Claim(r); }
-    absl::StatusOr<CompleteStatus> Complete(const CompleteRequest& r) override {
-      return s_.Complete(r);
-    }
-    absl::Status Release(std::string_view scope, std::string_view id, uint64_t t) override {
-      return s_.Release(scope, id, t);
-    }
-    absl::StatusOr<int64_t> Extend(std::string_view scope, std::string_view id, uint64_t t,
-                                   std::chrono::milliseconds lease) override {
-      return s_.Extend(scope, id, t, lease);
-    }
-    std::vector<absl::StatusOr<ClaimResult>> ClaimBatch(std::span<const ClaimRequest> r) override {
-      return s_.ClaimBatch(r);
-    }
-    std::vector<absl::StatusOr<CompleteStatus>> CompleteBatch(
-        std::span<const CompleteRequest> r) override {
-      return s_.CompleteBatch(r);
-    }
-    absl::StatusOr<int64_t> PurgeExpired(int64_t limit) override { return s_.PurgeExpired(limit); }
-    absl::StatusOr<std::optional<uint64_t>> AppliedVersion(std::string_view scope,
-                                                           std::string_view key) override {
-      return s_.AppliedVersion(scope, key);
-    }
-    absl::StatusOr<std::optional<RecordInfo>> Inspect(std::string_view scope,
-                                                      std::string_view id) override {
-      return s_.Inspect(scope, id);
-    }
-    StoreStats Stats() const override { return s_.Stats(); }
-    std::string_view BackendName() const override { return s_.BackendName(); }
-
-   private:
-    DedupStore& s_;
-  };
-
   ManualClock clock_;
   std::unique_ptr<DedupStore> store_;
 };

@@ -12,6 +12,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "idem/forwarding_store.h"
 #include "idem/sim/prng.h"
 #include "text.h"
 
@@ -48,10 +49,10 @@ std::string Describe(const absl::StatusOr<CompleteStatus>& r) {
   return r.ok() ? std::string(Sv(CompleteStatusName(*r))) : r.status().ToString();
 }
 
-class FaultInjectingStore final : public DedupStore {
+class FaultInjectingStore final : public ForwardingStore {
  public:
   FaultInjectingStore(DedupStore& inner, FaultHooks hooks)
-      : inner_(inner), hooks_(std::move(hooks)) {}
+      : ForwardingStore(inner), hooks_(std::move(hooks)) {}
 
   absl::StatusOr<ClaimResult> Claim(const ClaimRequest& request) override {
     std::vector<absl::StatusOr<ClaimResult>> out = ClaimBatch(std::span(&request, 1));
@@ -83,8 +84,9 @@ class FaultInjectingStore final : public DedupStore {
     }
     if (forwarded.empty()) return out;
     std::vector<absl::StatusOr<ClaimResult>> got =
-        forwarded.size() == 1 ? std::vector<absl::StatusOr<ClaimResult>>{inner_.Claim(forwarded[0])}
-                              : inner_.ClaimBatch(forwarded);
+        forwarded.size() == 1
+            ? std::vector<absl::StatusOr<ClaimResult>>{inner().Claim(forwarded[0])}
+            : inner().ClaimBatch(forwarded);
     const int64_t now = hooks_.time->Now();
     for (std::size_t k = 0; k < where.size(); ++k) {
       const std::size_t i = where[k];
@@ -131,8 +133,8 @@ class FaultInjectingStore final : public DedupStore {
     if (forwarded.empty()) return out;
     std::vector<absl::StatusOr<CompleteStatus>> got =
         forwarded.size() == 1
-            ? std::vector<absl::StatusOr<CompleteStatus>>{inner_.Complete(forwarded[0])}
-            : inner_.CompleteBatch(forwarded);
+            ? std::vector<absl::StatusOr<CompleteStatus>>{inner().Complete(forwarded[0])}
+            : inner().CompleteBatch(forwarded);
     const int64_t now = hooks_.time->Now();
     for (std::size_t k = 0; k < where.size(); ++k) {
       const std::size_t i = where[k];
@@ -159,7 +161,7 @@ class FaultInjectingStore final : public DedupStore {
     CallContext* ctx = CurrentCallContext();
     if (ctx != nullptr && ctx->crashed) return CrashedError();
     if (OutageActive()) return OutageError();
-    absl::Status s = inner_.Release(scope, id, token);
+    absl::Status s = inner().Release(scope, id, token);
     CallContext::InHand* h = ctx == nullptr ? nullptr : ctx->Find(id);
     if (h != nullptr) hooks_.oracle->ReleaseApplied(h->message, token, s);
     Trace(h, absl::StrCat("release token=", token, " -> ", s.ToString()));
@@ -171,22 +173,8 @@ class FaultInjectingStore final : public DedupStore {
     CallContext* ctx = CurrentCallContext();
     if (ctx != nullptr && ctx->crashed) return CrashedError();
     if (OutageActive()) return OutageError();
-    return inner_.Extend(scope, id, token, lease);
+    return inner().Extend(scope, id, token, lease);
   }
-
-  absl::StatusOr<int64_t> PurgeExpired(int64_t limit) override {
-    return inner_.PurgeExpired(limit);
-  }
-  absl::StatusOr<std::optional<uint64_t>> AppliedVersion(std::string_view scope,
-                                                         std::string_view key) override {
-    return inner_.AppliedVersion(scope, key);
-  }
-  absl::StatusOr<std::optional<RecordInfo>> Inspect(std::string_view scope,
-                                                    std::string_view id) override {
-    return inner_.Inspect(scope, id);
-  }
-  StoreStats Stats() const override { return inner_.Stats(); }
-  std::string_view BackendName() const override { return inner_.BackendName(); }
 
  private:
   void Point() {
@@ -229,16 +217,16 @@ class FaultInjectingStore final : public DedupStore {
     hooks_.trace(h == nullptr ? text : absl::StrCat("m", h->message, " ", text));
   }
 
-  DedupStore& inner_;
   FaultHooks hooks_;
   int64_t outage_until_ = std::numeric_limits<int64_t>::min();
 };
 
 // Breaks one invariant on purpose. Batch calls use the base class's loops, so they break the
 // same way as the single calls.
-class SabotagedStore final : public DedupStore {
+class SabotagedStore final : public ForwardingStore {
  public:
-  SabotagedStore(DedupStore& inner, Sabotage sabotage) : inner_(inner), sabotage_(sabotage) {}
+  SabotagedStore(DedupStore& inner, Sabotage sabotage)
+      : ForwardingStore(inner), sabotage_(sabotage) {}
 
   absl::StatusOr<ClaimResult> Claim(const ClaimRequest& request) override {
     ClaimRequest req = request;
@@ -252,7 +240,7 @@ class SabotagedStore final : public DedupStore {
         return r;
       }
     }
-    absl::StatusOr<ClaimResult> r = inner_.Claim(req);
+    absl::StatusOr<ClaimResult> r = inner().Claim(req);
     if (!r.ok()) return r;
     std::lock_guard<std::mutex> lock(mu_);
     if (r->status == ClaimStatus::kAcquired) latest_token_[std::string(req.id)] = r->token;
@@ -276,7 +264,7 @@ class SabotagedStore final : public DedupStore {
       std::lock_guard<std::mutex> lock(mu_);
       if (forged_tokens_.contains(req.token)) return CompleteStatus::kCompleted;
     }
-    absl::StatusOr<CompleteStatus> r = inner_.Complete(req);
+    absl::StatusOr<CompleteStatus> r = inner().Complete(req);
     if (sabotage_ != Sabotage::kCompleteIgnoresToken || r.ok() ||
         r.status().code() != absl::StatusCode::kAborted) {
       return r;
@@ -290,7 +278,7 @@ class SabotagedStore final : public DedupStore {
     }
     if (owner && *owner != req.token) {
       req.token = *owner;
-      (void)inner_.Complete(req);
+      (void)inner().Complete(req);
     }
     return CompleteStatus::kCompleted;
   }
@@ -300,28 +288,10 @@ class SabotagedStore final : public DedupStore {
       std::lock_guard<std::mutex> lock(mu_);
       if (forged_tokens_.contains(token)) return absl::OkStatus();
     }
-    return inner_.Release(scope, id, token);
+    return inner().Release(scope, id, token);
   }
-  absl::StatusOr<int64_t> Extend(std::string_view scope, std::string_view id, uint64_t token,
-                                 std::chrono::milliseconds lease) override {
-    return inner_.Extend(scope, id, token, lease);
-  }
-  absl::StatusOr<int64_t> PurgeExpired(int64_t limit) override {
-    return inner_.PurgeExpired(limit);
-  }
-  absl::StatusOr<std::optional<uint64_t>> AppliedVersion(std::string_view scope,
-                                                         std::string_view key) override {
-    return inner_.AppliedVersion(scope, key);
-  }
-  absl::StatusOr<std::optional<RecordInfo>> Inspect(std::string_view scope,
-                                                    std::string_view id) override {
-    return inner_.Inspect(scope, id);
-  }
-  StoreStats Stats() const override { return inner_.Stats(); }
-  std::string_view BackendName() const override { return inner_.BackendName(); }
 
  private:
-  DedupStore& inner_;
   const Sabotage sabotage_;
   std::mutex mu_;
   absl::flat_hash_map<std::string, uint64_t> latest_token_;

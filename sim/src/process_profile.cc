@@ -482,6 +482,12 @@ absl::StatusOr<RunResult> ProcessRun::Run() {
     // A server store (Redis): check it answers before starting consumers against it.
     absl::StatusOr<std::unique_ptr<DedupStore>> store = OpenSharedStore(config_);
     if (!store.ok()) return store.status();
+    if ((*store)->BackendName() == "memory") {
+      internal::RemoveDir(run_dir_);
+      return absl::InvalidArgumentError(
+          "the process profile needs a store the consumer processes share (sqlite: or redis:); "
+          "memory: lives inside one process");
+    }
   } else {
     // Create the schema before the consumers race to; closed again before any fork, because a
     // child exiting would drop this process's SQLite locks on the file.
