@@ -136,7 +136,9 @@ struct BatchEntry {
   std::size_t index = 0;  // position in the caller's batch
   uint64_t token = 0;
   uint32_t attempt = 0;
-  bool handled = false;
+  // kPending until its handler ran (kHandled) or its claim was found lost before it could run
+  // (kAbandoned: neither completed nor released, it belongs to someone else now).
+  enum class State { kPending, kHandled, kAbandoned } state = State::kPending;
   std::optional<std::string> result;
 };
 
@@ -159,7 +161,9 @@ class BatchUnwind {
     try {
       if (!completes_.empty()) (void)store_.CompleteBatch(completes_);
       for (const BatchEntry& entry : entries_) {
-        if (!entry.handled) (void)store_.Release(scope_, messages_[entry.index].id, entry.token);
+        if (entry.state == BatchEntry::State::kPending) {
+          (void)store_.Release(scope_, messages_[entry.index].id, entry.token);
+        }
       }
     } catch (...) {
       // Unwinding already: an allocation failure here leaves the claims to their leases.
@@ -200,15 +204,30 @@ std::vector<absl::StatusOr<ProcessResult>> Processor::ProcessBatch(
     }
   }
 
+  // The whole batch was claimed at once, so the later handlers run late in their leases: past half
+  // a lease, each claim is renewed before its handler runs, and a claim lost meanwhile is not run.
+  Clock& clock = options_.clock != nullptr ? *options_.clock : SteadyClock();
+  const int64_t claimed_at = clock.NowMillis();
   std::vector<CompleteRequest> completes;
+  std::vector<const BatchEntry*> completed_entries;
   completes.reserve(entries.size());
+  completed_entries.reserve(entries.size());
   {
     BatchUnwind guard(*store_, completes, entries, scope_, messages);
     for (BatchEntry& entry : entries) {
       const Message& message = messages[entry.index];
+      if (clock.NowMillis() - claimed_at >= options_.lease.count() / 2) {
+        absl::StatusOr<int64_t> renewed =
+            store_->Extend(scope_, message.id, entry.token, options_.lease);
+        if (!renewed.ok()) {
+          entry.state = BatchEntry::State::kAbandoned;
+          out[entry.index] = renewed.status();
+          continue;
+        }
+      }
       HandlerContext context(store_, scope_, message.id, entry.attempt, entry.token);
       handler(context);
-      entry.handled = true;
+      entry.state = BatchEntry::State::kHandled;
       entry.result = context.result();
       CompleteRequest complete{.scope = scope_,
                                .id = message.id,
@@ -218,13 +237,14 @@ std::vector<absl::StatusOr<ProcessResult>> Processor::ProcessBatch(
                                .retention = options_.retention};
       if (entry.result) complete.result = *entry.result;
       completes.push_back(complete);
+      completed_entries.push_back(&entry);
     }
     guard.Disarm();
   }
 
   std::vector<absl::StatusOr<CompleteStatus>> done = store_->CompleteBatch(completes);
-  for (std::size_t k = 0; k < entries.size(); ++k) {
-    const BatchEntry& entry = entries[k];
+  for (std::size_t k = 0; k < completed_entries.size(); ++k) {
+    const BatchEntry& entry = *completed_entries[k];
     if (k >= done.size()) {
       out[entry.index] = absl::InternalError("the store returned fewer completions than requests");
     } else if (!done[k].ok()) {

@@ -99,6 +99,9 @@ struct ProcessorOptions {
   std::chrono::milliseconds retention{0};
   // Fingerprint payloads (XXH3-128) and report a reused id with another payload as kConflict.
   bool fingerprint_payloads = true;
+  // Measures how long a batch has been running: past half a lease, ProcessBatch renews each
+  // remaining claim before running its handler. nullptr: SteadyClock(). Not owned.
+  Clock* clock = nullptr;
 };
 
 class Processor {
@@ -115,8 +118,10 @@ class Processor {
                                                       Handler handler) const;
 
   // Processes a batch: one batch claim, the handlers in order, one batch completion. One entry per
-  // message. If a handler throws, the messages already handled are completed, the rest are
-  // released, and the exception propagates.
+  // message. Once half a lease has passed since the claim, each remaining claim is renewed
+  // (Extend) before its handler runs; a claim lost meanwhile gets Aborted and its handler does not
+  // run. If a handler throws, the messages already handled are completed, the rest are released,
+  // and the exception propagates.
   [[nodiscard]] std::vector<absl::StatusOr<ProcessResult>> ProcessBatch(
       std::span<const Message> messages, Handler handler) const;
 

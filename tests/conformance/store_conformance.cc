@@ -634,6 +634,38 @@ TEST_P(StoreConformance, ProcessBatchGivesPerMessageOutcomesAndRunsEachHandlerOn
   }
 }
 
+TEST_P(StoreConformance, ProcessBatchRenewsLateClaimsAndSkipsOnesLostMeanwhile) {
+  ManualClock batch_clock;  // what the processor measures the batch's duration with
+  IDEM_ASSERT_OK_AND_ASSIGN(
+      Processor processor,
+      Processor::Create(*store_, std::string(kScope),
+                        ProcessorOptions{.lease = Lease(), .clock = &batch_clock}));
+  IDEM_ASSERT_OK_AND_ASSIGN(auto rival, harness_->Open());
+  std::vector<Message> messages = {{.id = "r-0", .payload = "0"},
+                                   {.id = "r-1", .payload = "1"},
+                                   {.id = "r-2", .payload = "2"}};
+  std::set<std::string> ran;
+  auto out = processor.ProcessBatch(messages, [&](HandlerContext& c) {
+    ran.insert(std::string(c.message_id()));
+    if (c.message_id() != "r-0") return;
+    // The first handler stalls past the batch's leases; another consumer takes r-1 over.
+    PassLease();
+    batch_clock.Advance(2 * Lease().count());
+    ClaimRequest takeover = ClaimOf("r-1", Lease() * 20);
+    IDEM_ASSERT_OK_AND_ASSIGN(ClaimResult claim, rival->Claim(takeover));
+    EXPECT_EQ(claim.status, ClaimStatus::kAcquired);
+  });
+  ASSERT_EQ(out.size(), 3u);
+  IDEM_ASSERT_OK(out[0]);
+  EXPECT_EQ(out[0]->outcome, Outcome::kProcessed);
+  EXPECT_THAT(out[1], StatusIs(absl::StatusCode::kAborted));
+  IDEM_ASSERT_OK(out[2]);
+  EXPECT_EQ(out[2]->outcome, Outcome::kProcessed);
+  EXPECT_EQ(ran, (std::set<std::string>{"r-0", "r-2"})) << "a lost claim's handler must not run";
+  EXPECT_EQ(MustClaim("r-1").status, ClaimStatus::kInProgress) << "the rival still owns r-1";
+  EXPECT_EQ(MustClaim("r-2").status, ClaimStatus::kDuplicate);
+}
+
 TEST_P(StoreConformance, ProcessBatchCompletesHandledAndReleasesTheRestWhenAHandlerThrows) {
   IDEM_ASSERT_OK_AND_ASSIGN(Processor processor, Processor::Create(*store_, std::string(kScope)));
   std::vector<Message> messages = {
