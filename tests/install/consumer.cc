@@ -7,6 +7,9 @@
 #if CONSUMER_HAS_SQLITE
 #include "idem/sqlite_store.h"
 #endif
+#if CONSUMER_HAS_REDIS
+#include "idem/redis_store.h"
+#endif
 
 int main(int argc, char** argv) {
   auto store = idem::OpenStore(argc > 1 ? argv[1] : "memory:");
@@ -24,6 +27,11 @@ int main(int argc, char** argv) {
   }
 #if CONSUMER_HAS_SQLITE
   std::printf("sqlite schema %d\n", idem::SqliteSchemaVersion());
+#endif
+#if CONSUMER_HAS_REDIS
+  auto redis = idem::ParseRedisUri("redis://127.0.0.1:6379/2?prefix=app");
+  if (!redis.ok() || redis->db != 2 || redis->key_prefix != "app") return 1;
+  std::printf("redis options parsed\n");
 #endif
   std::printf("runs=%d\n", runs);
   return runs == 1 ? 0 : 1;
