@@ -13,6 +13,7 @@
 #include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "internal/store_counters.h"
 #include "internal/strings.h"
 #include "internal/token.h"
 
@@ -53,15 +54,7 @@ struct VersionShard {
   absl::flat_hash_map<std::string, uint64_t> versions ABSL_GUARDED_BY(mu);
 };
 
-struct Counters {
-  std::atomic<uint64_t> claims_acquired{0}, takeovers{0}, duplicates{0}, in_progress{0}, stale{0},
-      conflicts{0}, dead_lettered{0}, completed{0}, fenced{0}, retention_reclaims{0},
-      capacity_rejections{0}, evictions{0}, purged{0};
-
-  static void Add(std::atomic<uint64_t>& counter) {
-    counter.fetch_add(1, std::memory_order_relaxed);
-  }
-};
+using Counters = internal::StoreCounters;
 
 std::size_t RoundUpToPowerOfTwo(std::size_t n) {
   std::size_t p = 1;
@@ -282,22 +275,7 @@ class MemoryStore final : public DedupStore {
                                                 .result = r.result});
   }
 
-  StoreStats Stats() const override {
-    auto get = [](const std::atomic<uint64_t>& c) { return c.load(std::memory_order_relaxed); };
-    return StoreStats{.claims_acquired = get(counters_.claims_acquired),
-                      .takeovers = get(counters_.takeovers),
-                      .duplicates = get(counters_.duplicates),
-                      .in_progress = get(counters_.in_progress),
-                      .stale = get(counters_.stale),
-                      .conflicts = get(counters_.conflicts),
-                      .dead_lettered = get(counters_.dead_lettered),
-                      .completed = get(counters_.completed),
-                      .fenced = get(counters_.fenced),
-                      .retention_reclaims = get(counters_.retention_reclaims),
-                      .capacity_rejections = get(counters_.capacity_rejections),
-                      .evictions = get(counters_.evictions),
-                      .purged = get(counters_.purged)};
-  }
+  StoreStats Stats() const override { return counters_.Snapshot(); }
 
   std::string_view BackendName() const override { return "memory"; }
 

@@ -19,6 +19,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "internal/status_macros.h"
+#include "internal/store_counters.h"
 #include "internal/strings.h"
 #include "internal/token.h"
 #include "redis_connection.h"
@@ -140,11 +141,6 @@ class RedisStore final : public DedupStore {
   std::string_view BackendName() const override { return "redis"; }
 
  private:
-  struct Counters {
-    std::atomic<uint64_t> claims_acquired{0}, takeovers{0}, duplicates{0}, in_progress{0}, stale{0},
-        conflicts{0}, dead_lettered{0}, completed{0}, fenced{0};
-  };
-
   RedisStore(RedisStoreOptions options, ConnectParams params)
       : options_(std::move(options)),
         pool_(std::move(params), options_.pool_size, options_.reconnect_backoff_min,
@@ -180,7 +176,7 @@ class RedisStore final : public DedupStore {
   // Pool.)
   std::mutex token_mu_;
   std::function<uint64_t()> token_source_;  // guarded by token_mu_
-  mutable Counters counters_;
+  mutable internal::StoreCounters counters_;
 };
 
 absl::StatusOr<std::unique_ptr<DedupStore>> RedisStore::Open(RedisStoreOptions options) {
@@ -353,7 +349,7 @@ absl::StatusOr<ReplyPtr> RedisStore::RunCommand(std::span<const std::string_view
 }
 
 absl::Status RedisStore::Fenced(std::string_view operation) {
-  counters_.fenced.fetch_add(1, std::memory_order_relaxed);
+  internal::StoreCounters::Add(counters_.fenced);
   return absl::AbortedError(
       Cat("redis ", operation,
           ": the token no longer owns the claim (taken over after its lease, released, completed, "
@@ -424,16 +420,12 @@ absl::StatusOr<ClaimResult> RedisStore::ParseClaimReply(absl::StatusOr<ReplyPtr>
     result.token = token;
     result.lease_until_ms = r->element[2]->integer;
     result.took_over = extra->type == REDIS_REPLY_INTEGER && extra->integer == 1;
-    counters_.claims_acquired.fetch_add(1, std::memory_order_relaxed);
-    if (result.took_over) counters_.takeovers.fetch_add(1, std::memory_order_relaxed);
   } else if (outcome == "duplicate") {
     result.status = ClaimStatus::kDuplicate;
     if (IsString(extra)) result.result = std::string(ReplyString(extra));
-    counters_.duplicates.fetch_add(1, std::memory_order_relaxed);
   } else if (outcome == "in_progress") {
     result.status = ClaimStatus::kInProgress;
     result.lease_until_ms = r->element[2]->integer;
-    counters_.in_progress.fetch_add(1, std::memory_order_relaxed);
   } else if (outcome == "stale") {
     result.status = ClaimStatus::kStale;
     if (!IsString(extra)) return UnexpectedReply(what);
@@ -444,16 +436,14 @@ absl::StatusOr<ClaimResult> RedisStore::ParseClaimReply(absl::StatusOr<ReplyPtr>
                                      "20-digit version"));
     }
     result.applied_version = *applied;
-    counters_.stale.fetch_add(1, std::memory_order_relaxed);
   } else if (outcome == "conflict") {
     result.status = ClaimStatus::kConflict;
-    counters_.conflicts.fetch_add(1, std::memory_order_relaxed);
   } else if (outcome == "dead_lettered") {
     result.status = ClaimStatus::kDeadLettered;
-    counters_.dead_lettered.fetch_add(1, std::memory_order_relaxed);
   } else {
     return UnexpectedReply(what);
   }
+  counters_.CountClaim(result);
   return result;
 }
 
@@ -506,12 +496,10 @@ absl::StatusOr<CompleteStatus> RedisStore::ParseCompleteReply(absl::StatusOr<Rep
   const std::string_view outcome = ReplyString(r);
   if (outcome == "aborted") return Fenced("complete");
   if (outcome != "completed" && outcome != "stale") return UnexpectedReply(What("complete"));
-  counters_.completed.fetch_add(1, std::memory_order_relaxed);
-  if (outcome == "stale") {
-    counters_.stale.fetch_add(1, std::memory_order_relaxed);
-    return CompleteStatus::kStale;
-  }
-  return CompleteStatus::kCompleted;
+  const CompleteStatus status =
+      outcome == "stale" ? CompleteStatus::kStale : CompleteStatus::kCompleted;
+  counters_.CountCompletion(status);
+  return status;
 }
 
 absl::Status RedisStore::Release(std::string_view scope, std::string_view id, uint64_t token) {
@@ -611,19 +599,7 @@ absl::StatusOr<std::optional<RecordInfo>> RedisStore::Inspect(std::string_view s
   return std::optional<RecordInfo>(std::move(info));
 }
 
-StoreStats RedisStore::Stats() const {
-  StoreStats stats;
-  stats.claims_acquired = counters_.claims_acquired.load(std::memory_order_relaxed);
-  stats.takeovers = counters_.takeovers.load(std::memory_order_relaxed);
-  stats.duplicates = counters_.duplicates.load(std::memory_order_relaxed);
-  stats.in_progress = counters_.in_progress.load(std::memory_order_relaxed);
-  stats.stale = counters_.stale.load(std::memory_order_relaxed);
-  stats.conflicts = counters_.conflicts.load(std::memory_order_relaxed);
-  stats.dead_lettered = counters_.dead_lettered.load(std::memory_order_relaxed);
-  stats.completed = counters_.completed.load(std::memory_order_relaxed);
-  stats.fenced = counters_.fenced.load(std::memory_order_relaxed);
-  return stats;
-}
+StoreStats RedisStore::Stats() const { return counters_.Snapshot(); }
 
 }  // namespace
 

@@ -99,6 +99,22 @@ class StmtRun {
 };
 
 // BEGIN IMMEDIATE / COMMIT / ROLLBACK, prepared once per connection.
+// Statements both modes use: the row of an id, a key's applied version, and raising it.
+//   select row: ?1 scope ?2 id   select version: ?1 scope ?2 key   raise: ?1 scope ?2 key ?3
+//   version
+inline constexpr char kSelectRowSql[] = R"sql(
+SELECT status, token, lease_until, attempts, fingerprint, result, expires_at
+FROM idem_dedup WHERE scope = ?1 AND id = ?2
+)sql";
+inline constexpr char kSelectVersionSql[] =
+    "SELECT version FROM idem_versions WHERE scope = ?1 AND key = ?2";
+inline constexpr char kRaiseVersionSql[] = R"sql(
+INSERT INTO idem_versions(scope, key, version) VALUES(?1, ?2, ?3)
+ON CONFLICT(scope, key) DO UPDATE SET version = excluded.version
+WHERE excluded.version > idem_versions.version
+RETURNING 1
+)sql";
+
 struct TxnStatements {
   SqliteStmt begin_immediate;
   SqliteStmt commit;

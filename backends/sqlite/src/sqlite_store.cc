@@ -23,6 +23,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "internal/store_counters.h"
 #include "internal/strings.h"
 #include "internal/token.h"
 #include "sqlite_internal.h"
@@ -73,22 +74,7 @@ WHERE NOT (excluded.fingerprint IS NOT NULL AND idem_dedup.fingerprint IS NOT NU
 RETURNING attempts, claim_origin
 )sql";
 
-constexpr char kSelectRowSql[] = R"sql(
-SELECT status, token, lease_until, attempts, fingerprint, result, expires_at
-FROM idem_dedup WHERE scope = ?1 AND id = ?2
-)sql";
-
-constexpr char kSelectVersionSql[] =
-    "SELECT version FROM idem_versions WHERE scope = ?1 AND key = ?2";
-
 // Raises the key's version when ?3 is newer; returns a row only if it did (inserted or raised).
-constexpr char kRaiseVersionSql[] = R"sql(
-INSERT INTO idem_versions(scope, key, version) VALUES(?1, ?2, ?3)
-ON CONFLICT(scope, key) DO UPDATE SET version = excluded.version
-WHERE excluded.version > idem_versions.version
-RETURNING 1
-)sql";
-
 //   ?1 scope  ?2 id  ?3 token  ?4 expires_at  ?5 result  ?6 fingerprint
 constexpr char kCompleteSql[] = R"sql(
 UPDATE idem_dedup SET status = 2, lease_until = 0, expires_at = ?4,
@@ -137,9 +123,9 @@ struct Statements {
   s.txn = std::move(txn).value();
   const std::pair<SqliteStmt*, const char*> all[] = {
       {&s.claim, kClaimSql},
-      {&s.select_row, kSelectRowSql},
-      {&s.select_version, kSelectVersionSql},
-      {&s.raise_version, kRaiseVersionSql},
+      {&s.select_row, internal::kSelectRowSql},
+      {&s.select_version, internal::kSelectVersionSql},
+      {&s.raise_version, internal::kRaiseVersionSql},
       {&s.complete, kCompleteSql},
       {&s.release, kReleaseSql},
       {&s.extend, kExtendSql},
@@ -162,15 +148,6 @@ std::optional<std::string_view> AsView(const std::optional<std::string>& s) {
   if (!s) return std::nullopt;
   return std::string_view(*s);
 }
-
-struct Counters {
-  std::atomic<uint64_t> claims_acquired{0}, takeovers{0}, duplicates{0}, in_progress{0}, stale{0},
-      conflicts{0}, dead_lettered{0}, completed{0}, fenced{0}, retention_reclaims{0}, purged{0};
-
-  static void Add(std::atomic<uint64_t>& counter, uint64_t n = 1) {
-    counter.fetch_add(n, std::memory_order_relaxed);
-  }
-};
 
 // A claim's result and whether it reclaimed a record past its retention (for Stats).
 struct ClaimOutcome {
@@ -252,7 +229,7 @@ class SqliteStore final : public DedupStore {
     if (!done.ok()) return done.status();
     if (!done->has_value()) return Fenced("complete");  // the guard rolls back (nothing changed)
     if (absl::Status s = txn.Commit("complete"); !s.ok()) return s;
-    CountCompletion(**done);
+    counters_.CountCompletion(**done);
     return **done;
   }
 
@@ -291,7 +268,7 @@ class SqliteStore final : public DedupStore {
       } else if (!outcomes[k].has_value()) {
         out[valid[k]] = Fenced("complete");
       } else {
-        CountCompletion(*outcomes[k]);
+        counters_.CountCompletion(*outcomes[k]);
         out[valid[k]] = *outcomes[k];
       }
     }
@@ -343,7 +320,7 @@ class SqliteStore final : public DedupStore {
     }
     const int64_t purged = sqlite3_changes64(db_.get());
     if (absl::Status s = txn.Commit("purge"); !s.ok()) return s;
-    Counters::Add(counters_.purged, static_cast<uint64_t>(purged));
+    internal::StoreCounters::Add(counters_.purged, static_cast<uint64_t>(purged));
     return purged;
   }
 
@@ -386,20 +363,7 @@ class SqliteStore final : public DedupStore {
     return std::optional<RecordInfo>(std::move(info));
   }
 
-  StoreStats Stats() const override {
-    auto get = [](const std::atomic<uint64_t>& c) { return c.load(std::memory_order_relaxed); };
-    return StoreStats{.claims_acquired = get(counters_.claims_acquired),
-                      .takeovers = get(counters_.takeovers),
-                      .duplicates = get(counters_.duplicates),
-                      .in_progress = get(counters_.in_progress),
-                      .stale = get(counters_.stale),
-                      .conflicts = get(counters_.conflicts),
-                      .dead_lettered = get(counters_.dead_lettered),
-                      .completed = get(counters_.completed),
-                      .fenced = get(counters_.fenced),
-                      .retention_reclaims = get(counters_.retention_reclaims),
-                      .purged = get(counters_.purged)};
-  }
+  StoreStats Stats() const override { return counters_.Snapshot(); }
 
   std::string_view BackendName() const override { return "sqlite"; }
 
@@ -415,7 +379,7 @@ class SqliteStore final : public DedupStore {
   }
 
   [[nodiscard]] absl::Status Fenced(std::string_view operation) {
-    Counters::Add(counters_.fenced);
+    internal::StoreCounters::Add(counters_.fenced);
     return absl::AbortedError(
         absl::StrCat("sqlite: ", std::string(operation),
                      " refused: the token no longer owns the claim (lease lost)"));
@@ -544,34 +508,7 @@ class SqliteStore final : public DedupStore {
   }
 
   void Count(const ClaimOutcome& outcome) {
-    switch (outcome.result.status) {
-      case ClaimStatus::kAcquired:
-        Counters::Add(counters_.claims_acquired);
-        if (outcome.result.took_over) Counters::Add(counters_.takeovers);
-        if (outcome.retention_reclaim) Counters::Add(counters_.retention_reclaims);
-        break;
-      case ClaimStatus::kDuplicate:
-        Counters::Add(counters_.duplicates);
-        break;
-      case ClaimStatus::kInProgress:
-        Counters::Add(counters_.in_progress);
-        break;
-      case ClaimStatus::kStale:
-        Counters::Add(counters_.stale);
-        break;
-      case ClaimStatus::kConflict:
-        Counters::Add(counters_.conflicts);
-        break;
-      case ClaimStatus::kDeadLettered:
-        Counters::Add(counters_.dead_lettered);
-        break;
-    }
-  }
-
-  // A stale completion still COMPLETES the record, so it counts in both.
-  void CountCompletion(CompleteStatus status) {
-    Counters::Add(counters_.completed);
-    if (status == CompleteStatus::kStale) Counters::Add(counters_.stale);
+    counters_.CountClaim(outcome.result, outcome.retention_reclaim);
   }
 
   SqliteStoreOptions options_;
@@ -580,7 +517,7 @@ class SqliteStore final : public DedupStore {
   // Declared before the statements, so they are finalized before the connection closes.
   SqliteDb db_ ABSL_GUARDED_BY(mu_);
   Statements st_ ABSL_GUARDED_BY(mu_);
-  Counters counters_;
+  internal::StoreCounters counters_;
 };
 
 const char* SynchronousPragma(SqliteSynchronous synchronous) {

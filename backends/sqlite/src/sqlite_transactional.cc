@@ -53,21 +53,6 @@ WHERE NOT (excluded.fingerprint IS NOT NULL AND idem_dedup.fingerprint IS NOT NU
 RETURNING attempts
 )sql";
 
-constexpr char kSelectRowSql[] = R"sql(
-SELECT status, token, lease_until, attempts, fingerprint, result, expires_at
-FROM idem_dedup WHERE scope = ?1 AND id = ?2
-)sql";
-
-constexpr char kSelectVersionSql[] =
-    "SELECT version FROM idem_versions WHERE scope = ?1 AND key = ?2";
-
-constexpr char kRaiseVersionSql[] = R"sql(
-INSERT INTO idem_versions(scope, key, version) VALUES(?1, ?2, ?3)
-ON CONFLICT(scope, key) DO UPDATE SET version = excluded.version
-WHERE excluded.version > idem_versions.version
-RETURNING 1
-)sql";
-
 constexpr char kSetResultSql[] = "UPDATE idem_dedup SET result = ?3 WHERE scope = ?1 AND id = ?2";
 
 struct Statements {
@@ -86,9 +71,9 @@ struct Statements {
   s.txn = std::move(txn).value();
   const std::pair<SqliteStmt*, const char*> all[] = {
       {&s.insert, kInsertSql},
-      {&s.select_row, kSelectRowSql},
-      {&s.select_version, kSelectVersionSql},
-      {&s.raise_version, kRaiseVersionSql},
+      {&s.select_row, internal::kSelectRowSql},
+      {&s.select_version, internal::kSelectVersionSql},
+      {&s.raise_version, internal::kRaiseVersionSql},
       {&s.set_result, kSetResultSql},
   };
   for (const auto& [slot, sql] : all) {
