@@ -1,18 +1,18 @@
 #include "idem/memory_store.h"
 
 #include <atomic>
+#include <bit>
 #include <cstddef>
 #include <deque>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "internal/store_counters.h"
 #include "internal/strings.h"
 #include "internal/token.h"
@@ -34,24 +34,33 @@ struct Record {
 };
 
 // A scope never holds NUL (ValidateScope), so scope + '\0' + id is injective.
-std::string RecordKey(std::string_view scope, std::string_view id) {
-  std::string key;
-  key.reserve(scope.size() + 1 + id.size());
-  key.append(scope).push_back('\0');
+//
+// Lookups build the key in a per-thread buffer that keeps its capacity, so only an insert
+// allocates: `which` picks one of two buffers (a record key and a version key are alive at once).
+enum class KeyBuffer { kRecord, kVersion };
+const std::string& LookupKey(KeyBuffer which, std::string_view scope, std::string_view id) {
+  thread_local std::string buffers[2];
+  std::string& key = buffers[static_cast<int>(which)];
+  key.assign(scope).push_back('\0');
   key.append(id);
   return key;
 }
 
+using RecordMap = absl::flat_hash_map<std::string, Record>;
+
+// std::mutex rather than absl::Mutex: the claim path takes one lock per call, and Debian's abseil
+// runs absl::Mutex's deadlock-cycle bookkeeping on every acquisition.
 struct Shard {
-  absl::Mutex mu;
-  absl::flat_hash_map<std::string, Record> records ABSL_GUARDED_BY(mu);
+  std::mutex mu;
+  // Both guarded by mu.
+  RecordMap records;
   // (key, seq) in creation order; maintained only with evict_oldest.
-  std::deque<std::pair<std::string, uint64_t>> order ABSL_GUARDED_BY(mu);
+  std::deque<std::pair<std::string, uint64_t>> order;
 };
 
 struct VersionShard {
-  absl::Mutex mu;
-  absl::flat_hash_map<std::string, uint64_t> versions ABSL_GUARDED_BY(mu);
+  std::mutex mu;
+  absl::flat_hash_map<std::string, uint64_t> versions;  // guarded by mu
 };
 
 using Counters = internal::StoreCounters;
@@ -69,18 +78,20 @@ class MemoryStore final : public DedupStore {
       : options_(std::move(options)),
         clock_(options_.clock != nullptr ? options_.clock : &SteadyClock()),
         shards_(RoundUpToPowerOfTwo(options_.shards == 0 ? 1 : options_.shards)),
-        version_shards_(shards_.size()) {
+        version_shards_(shards_.size()),
+        shard_bits_(std::countr_zero(shards_.size())) {
     if (!options_.token_source) options_.token_source = internal::RandomTokenSource();
   }
 
   absl::StatusOr<ClaimResult> Claim(const ClaimRequest& request) override {
     if (absl::Status s = ValidateClaimRequest(request, options_.max_id_bytes); !s.ok()) return s;
-    std::string key = RecordKey(request.scope, request.id);
-    Shard& shard = ShardFor(key);
-    absl::MutexLock lock(&shard.mu);
+    const std::string& key = LookupKey(KeyBuffer::kRecord, request.scope, request.id);
+    const std::size_t hash = HashOf(key);
+    Shard& shard = ShardFor(hash);
+    std::lock_guard<std::mutex> lock(shard.mu);
     const int64_t now = clock_->NowMillis();
 
-    auto it = shard.records.find(key);
+    auto it = shard.records.find(key, hash);
     bool reclaim_expired = false;
     if (it != shard.records.end()) {
       Record& r = it->second;
@@ -142,16 +153,17 @@ class MemoryStore final : public DedupStore {
     } else if (absl::Status s = ReserveSlot(shard, now); !s.ok()) {
       return s;
     }
-    Record fresh{.state = RecordState::kInProgress,
-                 .token = options_.token_source(),
-                 .attempts = 1,
-                 .lease_until = lease_until,
-                 .expires_at = expires_at,
-                 .seq = next_seq_.fetch_add(1, std::memory_order_relaxed),
-                 .fingerprint = request.fingerprint};
+    Record fresh{
+        .state = RecordState::kInProgress,
+        .token = options_.token_source(),
+        .attempts = 1,
+        .lease_until = lease_until,
+        .expires_at = expires_at,
+        .seq = options_.evict_oldest ? next_seq_.fetch_add(1, std::memory_order_relaxed) : 0,
+        .fingerprint = request.fingerprint};
     const uint64_t token = fresh.token;
     if (options_.evict_oldest) shard.order.emplace_back(key, fresh.seq);
-    shard.records.insert_or_assign(std::move(key), std::move(fresh));
+    shard.records.insert_or_assign(key, std::move(fresh));
     Counters::Add(counters_.claims_acquired);
     return ClaimResult{.status = ClaimStatus::kAcquired,
                        .token = token,
@@ -161,19 +173,21 @@ class MemoryStore final : public DedupStore {
 
   absl::StatusOr<CompleteStatus> Complete(const CompleteRequest& request) override {
     if (absl::Status s = ValidateCompleteRequest(request, options_.max_id_bytes); !s.ok()) return s;
-    const std::string key = RecordKey(request.scope, request.id);
-    Shard& shard = ShardFor(key);
-    absl::MutexLock lock(&shard.mu);
-    Record* r = OwnedRecord(shard, key, request.token);
+    const std::string& key = LookupKey(KeyBuffer::kRecord, request.scope, request.id);
+    const std::size_t hash = HashOf(key);
+    Shard& shard = ShardFor(hash);
+    std::lock_guard<std::mutex> lock(shard.mu);
+    Record* r = OwnedRecord(shard, key, hash, request.token);
     if (r == nullptr) return Fenced("complete");
     const int64_t now = clock_->NowMillis();
 
     CompleteStatus status = CompleteStatus::kCompleted;
     if (request.version) {
-      const std::string vkey = RecordKey(request.scope, request.version->key);
-      VersionShard& vshard = VersionShardFor(vkey);
-      absl::MutexLock vlock(&vshard.mu);
-      auto vit = vshard.versions.find(vkey);
+      const std::string& vkey = LookupKey(KeyBuffer::kVersion, request.scope, request.version->key);
+      const std::size_t vhash = HashOf(vkey);
+      VersionShard& vshard = VersionShardFor(vhash);
+      std::lock_guard<std::mutex> vlock(vshard.mu);
+      auto vit = vshard.versions.find(vkey, vhash);
       if (vit != vshard.versions.end() && vit->second >= request.version->version) {
         status = CompleteStatus::kStale;
         Counters::Add(counters_.stale);
@@ -203,10 +217,11 @@ class MemoryStore final : public DedupStore {
 
   absl::Status Release(std::string_view scope, std::string_view id, uint64_t token) override {
     if (absl::Status s = ValidateOwnerArgs(scope, id, token); !s.ok()) return s;
-    const std::string key = RecordKey(scope, id);
-    Shard& shard = ShardFor(key);
-    absl::MutexLock lock(&shard.mu);
-    Record* r = OwnedRecord(shard, key, token);
+    const std::string& key = LookupKey(KeyBuffer::kRecord, scope, id);
+    const std::size_t hash = HashOf(key);
+    Shard& shard = ShardFor(hash);
+    std::lock_guard<std::mutex> lock(shard.mu);
+    Record* r = OwnedRecord(shard, key, hash, token);
     if (r == nullptr) return Fenced("release");
     r->state = RecordState::kReleased;
     r->lease_until = 0;
@@ -218,10 +233,11 @@ class MemoryStore final : public DedupStore {
                                  std::chrono::milliseconds lease) override {
     if (absl::Status s = ValidateOwnerArgs(scope, id, token); !s.ok()) return s;
     if (absl::Status s = ValidateLease(lease); !s.ok()) return s;
-    const std::string key = RecordKey(scope, id);
-    Shard& shard = ShardFor(key);
-    absl::MutexLock lock(&shard.mu);
-    Record* r = OwnedRecord(shard, key, token);
+    const std::string& key = LookupKey(KeyBuffer::kRecord, scope, id);
+    const std::size_t hash = HashOf(key);
+    Shard& shard = ShardFor(hash);
+    std::lock_guard<std::mutex> lock(shard.mu);
+    Record* r = OwnedRecord(shard, key, hash, token);
     if (r == nullptr) return Fenced("extend");
     r->lease_until = clock_->NowMillis() + lease.count();
     r->expires_at = r->lease_until + options_.retention.count();
@@ -231,7 +247,7 @@ class MemoryStore final : public DedupStore {
   absl::StatusOr<int64_t> PurgeExpired(int64_t limit) override {
     int64_t purged = 0;
     for (Shard& shard : shards_) {
-      absl::MutexLock lock(&shard.mu);
+      std::lock_guard<std::mutex> lock(shard.mu);
       const int64_t now = clock_->NowMillis();
       for (auto it = shard.records.begin(); it != shard.records.end();) {
         if (limit > 0 && purged >= limit) break;
@@ -260,10 +276,11 @@ class MemoryStore final : public DedupStore {
                                                     std::string_view id) override {
     if (absl::Status s = ValidateScope(scope); !s.ok()) return s;
     if (absl::Status s = ValidateId(id, options_.max_id_bytes); !s.ok()) return s;
-    const std::string key = RecordKey(scope, id);
-    Shard& shard = ShardFor(key);
-    absl::MutexLock lock(&shard.mu);
-    auto it = shard.records.find(key);
+    const std::string& key = LookupKey(KeyBuffer::kRecord, scope, id);
+    const std::size_t hash = HashOf(key);
+    Shard& shard = ShardFor(hash);
+    std::lock_guard<std::mutex> lock(shard.mu);
+    auto it = shard.records.find(key, hash);
     if (it == shard.records.end()) return std::optional<RecordInfo>();
     const Record& r = it->second;
     return std::optional<RecordInfo>(RecordInfo{.state = r.state,
@@ -280,18 +297,21 @@ class MemoryStore final : public DedupStore {
   std::string_view BackendName() const override { return "memory"; }
 
  private:
-  Shard& ShardFor(const std::string& key) {
-    return shards_[absl::Hash<std::string>{}(key) & (shards_.size() - 1)];
+  // The maps' own hash of a key, computed once per call: its top bits pick the shard (the maps'
+  // probing relies on the low bits), and the maps' find() takes it instead of hashing again.
+  static std::size_t HashOf(const std::string& key) { return RecordMap::hasher{}(key); }
+  std::size_t ShardIndex(std::size_t hash) const {
+    return shard_bits_ == 0 ? 0 : hash >> (64 - shard_bits_);
   }
-  VersionShard& VersionShardFor(const std::string& key) {
-    return version_shards_[absl::Hash<std::string>{}(key) & (version_shards_.size() - 1)];
-  }
+  Shard& ShardFor(std::size_t hash) { return shards_[ShardIndex(hash)]; }
+  VersionShard& VersionShardFor(std::size_t hash) { return version_shards_[ShardIndex(hash)]; }
 
   std::optional<uint64_t> LookupVersion(std::string_view scope, std::string_view key) {
-    const std::string vkey = RecordKey(scope, key);
-    VersionShard& vshard = VersionShardFor(vkey);
-    absl::MutexLock lock(&vshard.mu);
-    auto it = vshard.versions.find(vkey);
+    const std::string& vkey = LookupKey(KeyBuffer::kVersion, scope, key);
+    const std::size_t vhash = HashOf(vkey);
+    VersionShard& vshard = VersionShardFor(vhash);
+    std::lock_guard<std::mutex> lock(vshard.mu);
+    auto it = vshard.versions.find(vkey, vhash);
     if (it == vshard.versions.end()) return std::nullopt;
     return it->second;
   }
@@ -304,9 +324,9 @@ class MemoryStore final : public DedupStore {
   }
 
   // The record if `token` owns its live claim, else nullptr.
-  static Record* OwnedRecord(Shard& shard, const std::string& key, uint64_t token)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu) {
-    auto it = shard.records.find(key);
+  static Record* OwnedRecord(Shard& shard, const std::string& key, std::size_t hash,
+                             uint64_t token) {
+    auto it = shard.records.find(key, hash);
     if (it == shard.records.end()) return nullptr;
     Record& r = it->second;
     if (r.state != RecordState::kInProgress || r.token != token) return nullptr;
@@ -325,7 +345,7 @@ class MemoryStore final : public DedupStore {
   }
 
   // Takes one slot of the capacity for a new record, evicting if configured (I7).
-  absl::Status ReserveSlot(Shard& shard, int64_t now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu) {
+  absl::Status ReserveSlot(Shard& shard, int64_t now) {
     if (count_.fetch_add(1, std::memory_order_relaxed) < options_.capacity) {
       return absl::OkStatus();
     }
@@ -341,7 +361,7 @@ class MemoryStore final : public DedupStore {
   }
 
   // Evicts the oldest record of `shard` that is not a live claim. Returns whether one was.
-  bool EvictOldest(Shard& shard, int64_t now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu) {
+  bool EvictOldest(Shard& shard, int64_t now) {
     for (auto q = shard.order.begin(); q != shard.order.end();) {
       auto it = shard.records.find(q->first);
       if (it == shard.records.end() || it->second.seq != q->second) {
@@ -362,7 +382,7 @@ class MemoryStore final : public DedupStore {
   }
 
   // Drops queue entries of records that no longer exist, so the queue stays O(records).
-  static void CompactOrder(Shard& shard) ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu) {
+  static void CompactOrder(Shard& shard) {
     if (shard.order.size() <= 2 * shard.records.size() + 64) return;
     std::deque<std::pair<std::string, uint64_t>> kept;
     for (auto& entry : shard.order) {
@@ -378,6 +398,7 @@ class MemoryStore final : public DedupStore {
   Clock* clock_;
   std::vector<Shard> shards_;
   std::vector<VersionShard> version_shards_;
+  const int shard_bits_;  // log2 of the number of shards
   std::atomic<std::size_t> count_{0};
   std::atomic<std::size_t> version_count_{0};
   std::atomic<uint64_t> next_seq_{0};

@@ -1,5 +1,6 @@
 #include "idem/types.h"
 
+#include <array>
 #include <chrono>
 #include <string>
 
@@ -8,10 +9,17 @@
 namespace idem {
 namespace {
 
-bool IsScopeChar(unsigned char c) {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
-         c == '_' || c == ':' || c == '/' || c == '-';
-}
+// [A-Za-z0-9._:/-] as a table: scopes are validated on every store call.
+constexpr std::array<bool, 256> kScopeChars = [] {
+  std::array<bool, 256> table{};
+  for (unsigned char c = 'a'; c <= 'z'; ++c) table[c] = true;
+  for (unsigned char c = 'A'; c <= 'Z'; ++c) table[c] = true;
+  for (unsigned char c = '0'; c <= '9'; ++c) table[c] = true;
+  for (unsigned char c : {'.', '_', ':', '/', '-'}) table[c] = true;
+  return table;
+}();
+
+bool IsScopeChar(unsigned char c) { return kScopeChars[c]; }
 
 class WallClock final : public Clock {
  public:
