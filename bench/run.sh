@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# idem's benchmarks in one command: builds them in Release, starts a private redis-server, runs
+# raw and idem side by side for every backend, runs the Powertools peer where Node.js is present,
+# prints the table (with RATIO / PEER / TARGET lines) and draws the throughput chart.
+#
+#   bench/run.sh [--quick] [--publish] [--no-peer]
+#
+#   --quick     short runs, 1M-row pre-fill only (under two minutes once built)
+#               (a full run also pre-fills 10M rows, about 100 s the first time; the files are
+#               kept in BUILD_DIR/bench-data and reused)
+#   --publish   also copy the table and the chart to bench/results/ (what the README shows)
+#   --no-peer   skip the Powertools peer even if node is installed
+#
+# Environment: BUILD_DIR (default build-bench), JOBS (default 2), IDEM_BENCH_REDIS_PORT
+# (default 26479). The redis-server listens on 127.0.0.1 only, with appendonly yes and
+# appendfsync everysec (Redis's default fsync policy), no RDB snapshots and no automatic AOF
+# rewrite (a rewrite forks mid-run and adds noise); it is stopped by its PID on exit.
+#
+# Profiling one benchmark: IDEM_BENCH_ITERATIONS=N fixes its iteration count, so two callgrind
+# runs differ by a known number of messages, e.g.
+#   IDEM_BENCH_ITERATIONS=600 valgrind --tool=callgrind \
+#     build-bench/bench/idem_bench_sqlite --benchmark_filter=sqlite-normal/lease/
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+
+quick=0
+publish=0
+peer=1
+for arg in "$@"; do
+  case "$arg" in
+    --quick) quick=1 ;;
+    --publish) publish=1 ;;
+    --no-peer) peer=0 ;;
+    *) sed -n '2,22p' "$0"; exit 2 ;;
+  esac
+done
+
+build=${BUILD_DIR:-$repo/build-bench}
+jobs=${JOBS:-2}
+port=${IDEM_BENCH_REDIS_PORT:-26479}
+out=$build/bench-results
+data=$build/bench-data
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# Debian packages the run needs; the chart's gnuplot-nox is installed if missing.
+missing=()
+for tool_pkg in cmake:cmake ninja:ninja-build gnuplot:gnuplot-nox redis-server:redis-server \
+                python3:python3; do
+  command -v "${tool_pkg%%:*}" >/dev/null 2>&1 || missing+=("${tool_pkg#*:}")
+done
+for pkg in libbenchmark-dev libhiredis-dev libsqlite3-dev libabsl-dev libxxhash-dev; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" ||
+    missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  echo "run.sh: installing ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}" >/dev/null
+fi
+
+echo "run.sh: building (Release) in $build"
+cmake -S "$repo" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DIDEM_BUILD_BENCHMARKS=ON \
+  -DIDEM_BUILD_TESTS=OFF -DIDEM_BUILD_TOOLS=OFF -DIDEM_WITH_SQLITE=ON -DIDEM_WITH_REDIS=ON \
+  >/dev/null
+cmake --build "$build" -j"$jobs" --target idem_bench_memory idem_bench_sqlite idem_bench_redis
+
+rm -rf "$out" "$build/bench-redis"
+mkdir -p "$out" "$data" "$build/bench-redis"
+
+# ---- a private redis-server, stopped by PID --------------------------------------------------
+redis_pid=
+stop_redis() {
+  if [ -n "$redis_pid" ] && kill -0 "$redis_pid" 2>/dev/null; then
+    kill "$redis_pid"
+    wait "$redis_pid" 2>/dev/null || true
+  fi
+}
+trap stop_redis EXIT
+if redis-cli -h 127.0.0.1 -p "$port" ping >/dev/null 2>&1; then
+  echo "run.sh: something already listens on 127.0.0.1:$port; set IDEM_BENCH_REDIS_PORT" >&2
+  exit 1
+fi
+redis-server --bind 127.0.0.1 --port "$port" --protected-mode yes \
+  --dir "$build/bench-redis" --logfile "$build/bench-redis/redis.log" \
+  --appendonly yes --appendfsync everysec --save "" --auto-aof-rewrite-percentage 0 \
+  --maxmemory-policy noeviction &
+redis_pid=$!
+for _ in $(seq 50); do
+  redis-cli -h 127.0.0.1 -p "$port" ping >/dev/null 2>&1 && break
+  sleep 0.1
+done
+redis-cli -h 127.0.0.1 -p "$port" ping >/dev/null
+
+# ---- the suite ---------------------------------------------------------------------------------
+if ((quick)); then
+  gbench=(--benchmark_min_time=0.4)
+  prefill=1000000
+  peer_seconds=1
+else
+  # Repetitions interleaved at random, reported as medians: slow drift (other load, WAL
+  # checkpoints, fsync latency) falls on raw and idem alike.
+  gbench=(--benchmark_min_time=1 --benchmark_repetitions=3
+          --benchmark_enable_random_interleaving=true --benchmark_report_aggregates_only=true)
+  prefill=1000000,10000000
+  peer_seconds=3
+fi
+export IDEM_BENCH_DIR=$data IDEM_BENCH_PREFILL=$prefill IDEM_BENCH_REDIS_PORT=$port
+for backend in memory sqlite redis; do
+  echo "run.sh: idem_bench_$backend"
+  "$build/bench/idem_bench_$backend" "${gbench[@]}" \
+    --benchmark_out="$out/$backend.json" --benchmark_out_format=json
+done
+
+# ---- the peer: Powertools for AWS Lambda (TypeScript) idempotency on the same Redis ----------
+# Round-trip latency on an idle VM drifts (vCPU wake-ups), so the peer and idem's comparable
+# benchmarks (redis lease and batch 100) run in alternating rounds; the report takes medians.
+if ((peer)) && command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
+  echo "run.sh: peer (Powertools idempotency, Node.js $(node --version)), 3 rounds beside idem"
+  (cd bench/peer && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  for round in 1 2 3; do
+    node bench/peer/powertools_bench.mjs --port "$port" --seconds "$peer_seconds" \
+      >"$out/peer-$round.jsonl"
+    "$build/bench/idem_bench_redis" --benchmark_filter='redis/(lease|batch100)/pair' \
+      --benchmark_min_time="$peer_seconds" --benchmark_out="$out/peer-idem-$round.json" \
+      --benchmark_out_format=json >/dev/null
+  done
+elif ((peer)); then
+  echo "run.sh: node not found; the peer is skipped"
+fi
+
+# ---- the table, the chart --------------------------------------------------------------------
+mode=$( ((quick)) && echo quick || echo full)
+python3 bench/report.py "$out" --mode "$mode" --redis-version "$(redis-server --version)"
+if ((publish)); then
+  mkdir -p bench/results
+  cp "$out/results.md" "$out/throughput.png" bench/results/
+  echo "run.sh: published to bench/results/"
+fi
