@@ -96,14 +96,19 @@ StmtRun& StmtRun::Null(int index) {
   return *this;
 }
 
+absl::Status StmtRun::Error(int rc, std::string_view suffix) const {
+  std::string operation(operation_);
+  if (!step_.empty()) absl::StrAppend(&operation, ": ", internal::ToAbsl(step_));
+  absl::StrAppend(&operation, internal::ToAbsl(suffix));
+  return SqliteStatus(rc, sqlite3_db_handle(stmt_), operation);
+}
+
 absl::StatusOr<bool> StmtRun::Step() {
-  if (bind_rc_ != SQLITE_OK) {
-    return SqliteStatus(bind_rc_, sqlite3_db_handle(stmt_), absl::StrCat(operation_, " (bind)"));
-  }
+  if (bind_rc_ != SQLITE_OK) return Error(bind_rc_, " (bind)");
   const int rc = sqlite3_step(stmt_);
   if (rc == SQLITE_ROW) return true;
   if (rc == SQLITE_DONE) return false;
-  return SqliteStatus(rc, sqlite3_db_handle(stmt_), operation_);
+  return Error(rc, "");
 }
 
 absl::Status StmtRun::Run() {
@@ -137,8 +142,7 @@ absl::StatusOr<TxnStatements> PrepareTxnStatements(sqlite3* db) {
 }
 
 absl::Status WriteTxn::Begin(std::string_view operation) {
-  StmtRun run(statements_.begin_immediate.get(),
-              absl::StrCat(internal::ToAbsl(operation), ": begin immediate"));
+  StmtRun run(statements_.begin_immediate.get(), operation, "begin immediate");
   absl::Status status = run.Run();
   if (status.ok()) active_ = true;
   return status;
@@ -147,7 +151,7 @@ absl::Status WriteTxn::Begin(std::string_view operation) {
 absl::Status WriteTxn::Commit(std::string_view operation) {
   absl::Status status;
   {
-    StmtRun run(statements_.commit.get(), absl::StrCat(internal::ToAbsl(operation), ": commit"));
+    StmtRun run(statements_.commit.get(), operation, "commit");
     status = run.Run();
   }
   if (status.ok()) {
@@ -277,6 +281,15 @@ std::string EncodeVersion(uint64_t version) {
   return out;
 }
 
+FingerprintBytes EncodeFingerprint(const Fingerprint& fingerprint) {
+  FingerprintBytes out;
+  for (int i = 0; i < 8; ++i) {
+    out[i] = static_cast<char>(fingerprint.high >> (56 - 8 * i));
+    out[8 + i] = static_cast<char>(fingerprint.low >> (56 - 8 * i));
+  }
+  return out;
+}
+
 absl::StatusOr<uint64_t> DecodeVersion(std::string_view bytes) {
   if (bytes.size() != 8) {
     return absl::DataLossError(
@@ -287,8 +300,27 @@ absl::StatusOr<uint64_t> DecodeVersion(std::string_view bytes) {
   return version;
 }
 
+absl::StatusOr<std::optional<DedupRow>> ReadRow(sqlite3_stmt* select_row, std::string_view scope,
+                                                std::string_view id, std::string_view operation) {
+  StmtRun run(select_row, operation, "read record");
+  run.Text(1, scope).Blob(2, id);
+  absl::StatusOr<bool> found = run.Step();
+  if (!found.ok()) return found.status();
+  if (!*found) return std::optional<DedupRow>();
+  return std::optional<DedupRow>(DedupRow{
+      .status = static_cast<int>(run.ColumnInt64(0)),
+      .token = TokenFromSql(run.ColumnInt64(1)),
+      .lease_until = run.ColumnInt64(2),
+      .attempts = static_cast<uint32_t>(run.ColumnInt64(3)),
+      .fingerprint = run.ColumnBlob(4),
+      .result = run.ColumnBlob(5),
+      .expires_at = run.ColumnInt64(6),
+      .claim_origin = static_cast<int>(run.ColumnInt64(7)),
+  });
+}
+
 std::optional<ClaimResult> ClassifyHeld(const DedupRow& row,
-                                        const std::optional<std::string>& request_fingerprint,
+                                        std::optional<std::string_view> request_fingerprint,
                                         int64_t now) {
   if (request_fingerprint && row.fingerprint && *request_fingerprint != *row.fingerprint) {
     return ClaimResult{.status = ClaimStatus::kConflict, .attempt = row.attempts};

@@ -10,6 +10,7 @@
 
 #include <sqlite3.h>
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -59,10 +60,13 @@ using SqliteStmt = std::unique_ptr<sqlite3_stmt, SqliteFinalizer>;
 
 // One use of a prepared statement: binds, steps, reads columns; resets it and clears its
 // bindings when destroyed, so no bound pointer outlives the call that bound it.
+// `operation` and `step` name the statement in error messages ("claim: read record"); they are
+// views, joined only when an error is reported, so they must outlive the run (string literals
+// or the caller's arguments).
 class StmtRun {
  public:
-  StmtRun(sqlite3_stmt* stmt, std::string operation)
-      : stmt_(stmt), operation_(std::move(operation)) {}
+  StmtRun(sqlite3_stmt* stmt, std::string_view operation, std::string_view step = {})
+      : stmt_(stmt), operation_(operation), step_(step) {}
   StmtRun(const StmtRun&) = delete;
   StmtRun& operator=(const StmtRun&) = delete;
   ~StmtRun() noexcept {
@@ -72,7 +76,8 @@ class StmtRun {
 
   StmtRun& Text(int index, std::string_view value);
   // Binary-safe: NUL and 0xFF are ordinary bytes, and an empty value stays an empty BLOB
-  // (sqlite3_bind_blob with a null pointer would bind NULL instead).
+  // (sqlite3_bind_blob with a null pointer would bind NULL instead). Bound without a copy
+  // (SQLITE_STATIC): `value` must outlive the run.
   StmtRun& Blob(int index, std::string_view value);
   StmtRun& OptionalBlob(int index, const std::optional<std::string_view>& value);
   StmtRun& Int64(int index, int64_t value);
@@ -92,9 +97,11 @@ class StmtRun {
   void Check(int rc) {
     if (rc != SQLITE_OK && bind_rc_ == SQLITE_OK) bind_rc_ = rc;
   }
+  [[nodiscard]] absl::Status Error(int rc, std::string_view suffix) const;
 
   sqlite3_stmt* stmt_;
-  std::string operation_;  // for error messages
+  std::string_view operation_;  // for error messages
+  std::string_view step_;
   int bind_rc_ = SQLITE_OK;
 };
 
@@ -103,16 +110,16 @@ class StmtRun {
 //   select row: ?1 scope ?2 id   select version: ?1 scope ?2 key   raise: ?1 scope ?2 key ?3
 //   version
 inline constexpr char kSelectRowSql[] = R"sql(
-SELECT status, token, lease_until, attempts, fingerprint, result, expires_at
+SELECT status, token, lease_until, attempts, fingerprint, result, expires_at, claim_origin
 FROM idem_dedup WHERE scope = ?1 AND id = ?2
 )sql";
 inline constexpr char kSelectVersionSql[] =
     "SELECT version FROM idem_versions WHERE scope = ?1 AND key = ?2";
+// The raise changed a row (sqlite3_changes() == 1) only if it inserted or raised the version.
 inline constexpr char kRaiseVersionSql[] = R"sql(
 INSERT INTO idem_versions(scope, key, version) VALUES(?1, ?2, ?3)
 ON CONFLICT(scope, key) DO UPDATE SET version = excluded.version
 WHERE excluded.version > idem_versions.version
-RETURNING 1
 )sql";
 
 struct TxnStatements {
@@ -158,9 +165,10 @@ inline constexpr int kStatusInProgress = 0;
 inline constexpr int kStatusReleased = 1;
 inline constexpr int kStatusCompleted = 2;
 
-// idem_dedup.claim_origin: how the current claim was obtained, set by the claim upsert from the
-// row it replaced. RETURNING sees only the new row, and the claim must stay one statement, so
-// the replaced state is carried in this column rather than read first.
+// idem_dedup.claim_origin: how the current claim was obtained, set by the takeover upsert from
+// the row it replaced. Reading the row after the upsert (or RETURNING) sees only the new row,
+// and a takeover must stay one statement, so the replaced state is carried in this column
+// rather than read first.
 inline constexpr int kOriginFresh = 0;      // no record before
 inline constexpr int kOriginReleased = 1;   // a released record claimed again
 inline constexpr int kOriginTakeover = 2;   // an IN_PROGRESS record with an expired lease
@@ -173,11 +181,20 @@ std::string EncodeVersion(uint64_t version);
 // DataLoss unless `bytes` is 8 bytes.
 [[nodiscard]] absl::StatusOr<uint64_t> DecodeVersion(std::string_view bytes);
 
+// A fingerprint's 16 stored bytes (Fingerprint::ToBytes), on the stack: bound with
+// SQLITE_STATIC on the hot path, where a std::string would allocate.
+using FingerprintBytes = std::array<char, 16>;
+FingerprintBytes EncodeFingerprint(const Fingerprint& fingerprint);
+inline std::string_view AsView(const FingerprintBytes& bytes) {
+  return std::string_view(bytes.data(), bytes.size());
+}
+
 // Tokens are stored as the int64 with the same bit pattern.
 inline int64_t TokenToSql(uint64_t token) { return static_cast<int64_t>(token); }
 inline uint64_t TokenFromSql(int64_t value) { return static_cast<uint64_t>(value); }
 
-// The columns of idem_dedup that classify a claim that was not acquired.
+// The columns of idem_dedup that classify a claim that was not acquired, and say how one that
+// was taken over was obtained.
 struct DedupRow {
   int status = kStatusInProgress;
   uint64_t token = 0;
@@ -186,13 +203,21 @@ struct DedupRow {
   std::optional<std::string> fingerprint;
   std::optional<std::string> result;
   int64_t expires_at = 0;
+  int claim_origin = kOriginFresh;
 };
+
+// Reads the row of (scope, id) with `select_row`, a statement prepared from kSelectRowSql;
+// nullopt when there is none. `operation` names it in error messages.
+[[nodiscard]] absl::StatusOr<std::optional<DedupRow>> ReadRow(sqlite3_stmt* select_row,
+                                                              std::string_view scope,
+                                                              std::string_view id,
+                                                              std::string_view operation);
 
 // The outcome a held record gives a claim before the version gate is consulted, in the order of
 // the contract: conflict, duplicate, in progress. nullopt when none applies (the record is
 // claimable, or only the version gate or max_attempts can refuse it).
 std::optional<ClaimResult> ClassifyHeld(const DedupRow& row,
-                                        const std::optional<std::string>& request_fingerprint,
+                                        std::optional<std::string_view> request_fingerprint,
                                         int64_t now);
 
 }  // namespace idem::internal

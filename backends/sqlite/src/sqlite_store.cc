@@ -24,7 +24,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "internal/store_counters.h"
-#include "internal/strings.h"
 #include "internal/token.h"
 #include "sqlite_internal.h"
 
@@ -36,25 +35,45 @@ using internal::SqliteDb;
 using internal::SqliteStatus;
 using internal::SqliteStmt;
 using internal::StmtRun;
-using internal::TokenFromSql;
 using internal::TokenToSql;
 using internal::TxnStatements;
 using internal::WriteTxn;
 
-// Claim and takeover in one statement. The SELECT inserts nothing when the version gate refuses
-// the request (so neither the insert nor the update happens); the DO UPDATE … WHERE takes over
-// only a claimable record: no fingerprint conflict, and either COMPLETED past its retention
-// (a fresh claim), or RELEASED / IN_PROGRESS with an expired lease below max_attempts (attempts
-// + 1). All SET expressions see the replaced row, which claim_origin records. No row returned
-// means nothing was claimed; the caller then reads the row to say why.
+// A claim is the first of these statements that decides, each one statement in the claim's
+// BEGIN IMMEDIATE transaction (nothing is read before a write):
+//  1. the fresh claim: an insert that does nothing when the id is held. It takes the common case
+//     (a new id) without RETURNING, which costs SQLite two temporary tables on every run, also
+//     when it returns nothing: sqlite3_changes() says whether it inserted, and then attempts is
+//     1 and the token and lease are the ones bound.
+//  2. when it inserted nothing, the takeover upsert decides on the held record;
+//  3. then the row is read: the attempts and claim_origin of a takeover, or why nothing was
+//     claimed.
+// Each statement comes in two forms, chosen per request: without a version, the row is plain
+// VALUES; with one, it is a SELECT that yields no row when the version gate refuses the request
+// (then neither the insert nor the update happens). The gate inside the statement costs less
+// than a separate version lookup before it, and keeps the claim one statement.
 //   ?1 scope  ?2 id  ?3 token  ?4 lease_until  ?5 fingerprint  ?6 expires_at
-//   ?7 version key  ?8 version  ?9 now  ?10 max_attempts
-constexpr char kClaimSql[] = R"sql(
+//   ?7 version key  ?8 version  (takeover:) ?9 now  ?10 max_attempts
+constexpr char kClaimRow[] = R"sql(
+INSERT INTO idem_dedup(scope, id, status, token, lease_until, attempts, fingerprint, result,
+                       expires_at, claim_origin)
+VALUES(?1, ?2, 0, ?3, ?4, 1, ?5, NULL, ?6, 0)
+)sql";
+constexpr char kClaimRowIfNewer[] = R"sql(
 INSERT INTO idem_dedup(scope, id, status, token, lease_until, attempts, fingerprint, result,
                        expires_at, claim_origin)
 SELECT ?1, ?2, 0, ?3, ?4, 1, ?5, NULL, ?6, 0
 WHERE NOT EXISTS (SELECT 1 FROM idem_versions AS v
                   WHERE v.scope = ?1 AND v.key = ?7 AND v.version >= ?8)
+)sql";
+constexpr char kIfFresh[] = "ON CONFLICT(scope, id) DO NOTHING\n";
+// The takeover takes only a claimable record: no fingerprint conflict, and either COMPLETED past
+// its retention (a fresh claim), or RELEASED / IN_PROGRESS with an expired lease below
+// max_attempts (attempts + 1). All SET expressions see the replaced row, which claim_origin
+// records for the read that follows (it sees only the new row). After the fresh insert found
+// the id held, the upsert's insert branch could only run if the row had vanished in between,
+// which the write lock rules out; it is kept so that the statement alone is a complete claim.
+constexpr char kOrTakeOver[] = R"sql(
 ON CONFLICT(scope, id) DO UPDATE SET
   status = 0,
   token = excluded.token,
@@ -71,10 +90,8 @@ WHERE NOT (excluded.fingerprint IS NOT NULL AND idem_dedup.fingerprint IS NOT NU
        OR ((idem_dedup.status = 1
             OR (idem_dedup.status = 0 AND idem_dedup.lease_until <= ?9))
            AND (?10 = 0 OR idem_dedup.attempts < ?10)))
-RETURNING attempts, claim_origin
 )sql";
 
-// Raises the key's version when ?3 is newer; returns a row only if it did (inserted or raised).
 //   ?1 scope  ?2 id  ?3 token  ?4 expires_at  ?5 result  ?6 fingerprint
 constexpr char kCompleteSql[] = R"sql(
 UPDATE idem_dedup SET status = 2, lease_until = 0, expires_at = ?4,
@@ -106,7 +123,9 @@ DELETE FROM idem_dedup WHERE (scope, id) IN (
 
 struct Statements {
   TxnStatements txn;
-  SqliteStmt claim;
+  // Claim statements, indexed by whether the request has a version.
+  SqliteStmt claim_fresh[2];
+  SqliteStmt takeover[2];
   SqliteStmt select_row;
   SqliteStmt select_version;
   SqliteStmt raise_version;
@@ -121,8 +140,14 @@ struct Statements {
   absl::StatusOr<TxnStatements> txn = internal::PrepareTxnStatements(db);
   if (!txn.ok()) return txn.status();
   s.txn = std::move(txn).value();
+  const std::string claim_sql[] = {
+      absl::StrCat(kClaimRow, kIfFresh), absl::StrCat(kClaimRowIfNewer, kIfFresh),
+      absl::StrCat(kClaimRow, kOrTakeOver), absl::StrCat(kClaimRowIfNewer, kOrTakeOver)};
   const std::pair<SqliteStmt*, const char*> all[] = {
-      {&s.claim, kClaimSql},
+      {&s.claim_fresh[0], claim_sql[0].c_str()},
+      {&s.claim_fresh[1], claim_sql[1].c_str()},
+      {&s.takeover[0], claim_sql[2].c_str()},
+      {&s.takeover[1], claim_sql[3].c_str()},
       {&s.select_row, internal::kSelectRowSql},
       {&s.select_version, internal::kSelectVersionSql},
       {&s.raise_version, internal::kRaiseVersionSql},
@@ -139,15 +164,20 @@ struct Statements {
   return s;
 }
 
-std::optional<std::string> FingerprintBytes(const std::optional<Fingerprint>& fingerprint) {
-  if (!fingerprint) return std::nullopt;
-  return fingerprint->ToBytes();
-}
+// The request's fingerprint as bytes, kept on the caller's stack while statements bind it.
+class FingerprintArg {
+ public:
+  explicit FingerprintArg(const std::optional<Fingerprint>& fingerprint) {
+    if (fingerprint) bytes_ = internal::EncodeFingerprint(*fingerprint);
+  }
+  std::optional<std::string_view> view() const {
+    if (!bytes_) return std::nullopt;
+    return internal::AsView(*bytes_);
+  }
 
-std::optional<std::string_view> AsView(const std::optional<std::string>& s) {
-  if (!s) return std::nullopt;
-  return std::string_view(*s);
-}
+ private:
+  std::optional<internal::FingerprintBytes> bytes_;
+};
 
 // A claim's result and whether it reclaimed a record past its retention (for Stats).
 struct ClaimOutcome {
@@ -390,46 +420,64 @@ class SqliteStore final : public DedupStore {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     const uint64_t token = options_.token_source();
     const int64_t lease_until = now + request.lease.count();
-    const std::optional<std::string> fingerprint = FingerprintBytes(request.fingerprint);
-    const std::optional<std::string> version =
-        request.version
-            ? std::optional<std::string>(internal::EncodeVersion(request.version->version))
-            : std::nullopt;
-    {
-      StmtRun run(st_.claim.get(), "claim");
+    const FingerprintArg fingerprint(request.fingerprint);
+    const bool versioned = request.version.has_value();
+    const std::string version =
+        versioned ? internal::EncodeVersion(request.version->version) : std::string();
+    // The parameters both claim statements take: ?1 … ?6, and the version gate's ?7, ?8.
+    auto bind = [&](StmtRun& run) {
       run.Text(1, request.scope).Blob(2, request.id).Int64(3, TokenToSql(token));
-      run.Int64(4, lease_until).OptionalBlob(5, AsView(fingerprint));
+      run.Int64(4, lease_until).OptionalBlob(5, fingerprint.view());
       run.Int64(6, lease_until + Retention());
-      if (request.version) {
-        run.Blob(7, request.version->key).Blob(8, *version);
-      } else {
-        run.Null(7).Null(8);
-      }
-      run.Int64(9, now).Int64(10, request.max_attempts);
-      absl::StatusOr<bool> row = run.Step();
-      if (!row.ok()) return row.status();
-      if (*row) {
-        const uint32_t attempts = static_cast<uint32_t>(run.ColumnInt64(0));
-        const int64_t origin = run.ColumnInt64(1);
-        if (absl::Status s = run.Run(); !s.ok()) return s;
-        return ClaimOutcome{.result = ClaimResult{.status = ClaimStatus::kAcquired,
-                                                  .token = token,
-                                                  .attempt = attempts,
-                                                  .lease_until_ms = lease_until,
-                                                  .took_over = origin == internal::kOriginTakeover},
-                            .retention_reclaim = origin == internal::kOriginRetention};
-      }
+      if (versioned) run.Blob(7, request.version->key).Blob(8, version);
+    };
+
+    {
+      StmtRun run(st_.claim_fresh[versioned].get(), "claim");
+      bind(run);
+      if (absl::Status s = run.Run(); !s.ok()) return s;
+    }
+    if (sqlite3_changes(db_.get()) == 1) {
+      return ClaimOutcome{.result = ClaimResult{.status = ClaimStatus::kAcquired,
+                                                .token = token,
+                                                .attempt = 1,
+                                                .lease_until_ms = lease_until}};
     }
 
-    // Nothing claimed: say why, in the contract's order. Same transaction, so the row cannot
-    // have changed since the upsert looked at it.
+    // The id exists, or the version gate refused it. A duplicate, a conflict or a live claim (most
+    // refusals) is answered from one read; only a record that looks claimable goes on to the
+    // takeover, which is still a single upsert whose own WHERE decides. Same transaction: the row
+    // cannot change in between.
     absl::StatusOr<std::optional<DedupRow>> row = ReadRowLocked(request.scope, request.id, "claim");
     if (!row.ok()) return row.status();
     if (row->has_value()) {
-      if (std::optional<ClaimResult> held = internal::ClassifyHeld(**row, fingerprint, now)) {
+      if (std::optional<ClaimResult> held =
+              internal::ClassifyHeld(**row, fingerprint.view(), now)) {
         return ClaimOutcome{.result = *std::move(held)};
       }
     }
+
+    // No row at all: the fresh insert was refused by the version gate alone (classified below).
+    if (row->has_value()) {
+      StmtRun run(st_.takeover[versioned].get(), "claim", "take over");
+      bind(run);
+      run.Int64(9, now).Int64(10, request.max_attempts);
+      if (absl::Status s = run.Run(); !s.ok()) return s;
+    }
+    if (row->has_value() && sqlite3_changes(db_.get()) == 1) {
+      row = ReadRowLocked(request.scope, request.id, "claim");
+      if (!row.ok()) return row.status();
+      if (!row->has_value()) return absl::InternalError("sqlite: a claimed record is missing");
+      const int origin = (*row)->claim_origin;
+      return ClaimOutcome{.result = ClaimResult{.status = ClaimStatus::kAcquired,
+                                                .token = token,
+                                                .attempt = (*row)->attempts,
+                                                .lease_until_ms = lease_until,
+                                                .took_over = origin == internal::kOriginTakeover},
+                          .retention_reclaim = origin == internal::kOriginRetention};
+    }
+
+    // Claimable in shape but not claimed: the version gate or max_attempts refused it.
     if (request.version) {
       absl::StatusOr<std::optional<uint64_t>> applied =
           ReadVersionLocked(request.scope, request.version->key);
@@ -453,44 +501,31 @@ class SqliteStore final : public DedupStore {
       const CompleteRequest& request, int64_t now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     const int64_t retention =
         request.retention.count() > 0 ? request.retention.count() : Retention();
-    const std::optional<std::string> fingerprint = FingerprintBytes(request.fingerprint);
+    const FingerprintArg fingerprint(request.fingerprint);
     {
       StmtRun run(st_.complete.get(), "complete");
       run.Text(1, request.scope).Blob(2, request.id).Int64(3, TokenToSql(request.token));
       run.Int64(4, now + retention).OptionalBlob(5, request.result);
-      run.OptionalBlob(6, AsView(fingerprint));
+      run.OptionalBlob(6, fingerprint.view());
       if (absl::Status s = run.Run(); !s.ok()) return s;
     }
     if (sqlite3_changes(db_.get()) == 0) return std::optional<CompleteStatus>();
     if (!request.version) return CompleteStatus::kCompleted;
 
     const std::string version = internal::EncodeVersion(request.version->version);
-    StmtRun run(st_.raise_version.get(), "complete: raise version");
-    run.Text(1, request.scope).Blob(2, request.version->key).Blob(3, version);
-    absl::StatusOr<bool> raised = run.Step();
-    if (!raised.ok()) return raised.status();
-    if (absl::Status s = run.Run(); !s.ok()) return s;
-    return *raised ? CompleteStatus::kCompleted : CompleteStatus::kStale;
+    {
+      StmtRun run(st_.raise_version.get(), "complete", "raise version");
+      run.Text(1, request.scope).Blob(2, request.version->key).Blob(3, version);
+      if (absl::Status s = run.Run(); !s.ok()) return s;
+    }
+    return sqlite3_changes(db_.get()) == 1 ? CompleteStatus::kCompleted : CompleteStatus::kStale;
   }
 
   [[nodiscard]] absl::StatusOr<std::optional<DedupRow>> ReadRowLocked(std::string_view scope,
                                                                       std::string_view id,
                                                                       std::string_view operation)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    StmtRun run(st_.select_row.get(), absl::StrCat(internal::ToAbsl(operation), ": read record"));
-    run.Text(1, scope).Blob(2, id);
-    absl::StatusOr<bool> found = run.Step();
-    if (!found.ok()) return found.status();
-    if (!*found) return std::optional<DedupRow>();
-    return std::optional<DedupRow>(DedupRow{
-        .status = static_cast<int>(run.ColumnInt64(0)),
-        .token = TokenFromSql(run.ColumnInt64(1)),
-        .lease_until = run.ColumnInt64(2),
-        .attempts = static_cast<uint32_t>(run.ColumnInt64(3)),
-        .fingerprint = run.ColumnBlob(4),
-        .result = run.ColumnBlob(5),
-        .expires_at = run.ColumnInt64(6),
-    });
+    return internal::ReadRow(st_.select_row.get(), scope, id, operation);
   }
 
   [[nodiscard]] absl::StatusOr<std::optional<uint64_t>> ReadVersionLocked(std::string_view scope,

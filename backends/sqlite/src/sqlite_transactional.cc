@@ -20,18 +20,26 @@ namespace {
 using internal::DedupRow;
 using internal::SqliteStmt;
 using internal::StmtRun;
-using internal::TokenFromSql;
 using internal::TokenToSql;
 using internal::TxnStatements;
 using internal::WriteTxn;
 
-// Inserts the dedup row directly as COMPLETED (the transaction commits it only together with
-// the handler's writes), or takes over a record a lease-mode consumer left claimable: RELEASED,
-// an expired lease, or COMPLETED past its retention. No row returned: the id is held (duplicate,
-// conflict, live lease-mode claim). There is no max_attempts here: a failed transaction leaves
-// no trace to count.
-//   ?1 scope  ?2 id  ?3 token  ?4 fingerprint  ?5 expires_at  ?6 now
+// The dedup row is written directly as COMPLETED (the transaction commits it only together
+// with the handler's writes). As in lease mode, the common case is a plain insert that does
+// nothing when the id is held, without RETURNING (it costs SQLite two temporary tables per run):
+// sqlite3_changes() says it inserted, with attempts 1. Otherwise one read says why the id is held
+// (duplicate, conflict, live lease-mode claim); only a record a lease-mode consumer left claimable
+// (RELEASED, an expired lease, COMPLETED past its retention) goes on to the takeover upsert, which
+// decides in one statement.
+// There is no max_attempts here: a failed transaction leaves no trace to count.
+//   ?1 scope  ?2 id  ?3 token  ?4 fingerprint  ?5 expires_at  (takeover:) ?6 now
 constexpr char kInsertSql[] = R"sql(
+INSERT INTO idem_dedup(scope, id, status, token, lease_until, attempts, fingerprint, result,
+                       expires_at, claim_origin)
+VALUES(?1, ?2, 2, ?3, 0, 1, ?4, NULL, ?5, 0)
+ON CONFLICT(scope, id) DO NOTHING
+)sql";
+constexpr char kTakeoverSql[] = R"sql(
 INSERT INTO idem_dedup(scope, id, status, token, lease_until, attempts, fingerprint, result,
                        expires_at, claim_origin)
 VALUES(?1, ?2, 2, ?3, 0, 1, ?4, NULL, ?5, 0)
@@ -50,7 +58,6 @@ WHERE NOT (excluded.fingerprint IS NOT NULL AND idem_dedup.fingerprint IS NOT NU
   AND ((idem_dedup.status = 2 AND idem_dedup.expires_at <= ?6)
        OR idem_dedup.status = 1
        OR (idem_dedup.status = 0 AND idem_dedup.lease_until <= ?6))
-RETURNING attempts
 )sql";
 
 constexpr char kSetResultSql[] = "UPDATE idem_dedup SET result = ?3 WHERE scope = ?1 AND id = ?2";
@@ -58,6 +65,7 @@ constexpr char kSetResultSql[] = "UPDATE idem_dedup SET result = ?3 WHERE scope 
 struct Statements {
   TxnStatements txn;
   SqliteStmt insert;
+  SqliteStmt takeover;
   SqliteStmt select_row;
   SqliteStmt select_version;
   SqliteStmt raise_version;
@@ -71,6 +79,7 @@ struct Statements {
   s.txn = std::move(txn).value();
   const std::pair<SqliteStmt*, const char*> all[] = {
       {&s.insert, kInsertSql},
+      {&s.takeover, kTakeoverSql},
       {&s.select_row, internal::kSelectRowSql},
       {&s.select_version, internal::kSelectVersionSql},
       {&s.raise_version, internal::kRaiseVersionSql},
@@ -83,6 +92,9 @@ struct Statements {
   }
   return s;
 }
+
+// Names the statements of Process in error messages.
+constexpr char kOperation[] = "transactional process";
 
 class SqliteTransactionalImpl final : public SqliteTransactional {
  public:
@@ -107,32 +119,53 @@ class SqliteTransactionalImpl final : public SqliteTransactional {
       return absl::FailedPreconditionError(
           "sqlite: Process needs the connection outside a transaction; it opens its own");
     }
-    std::optional<std::string> fingerprint;
-    if (options_.fingerprint_payloads) fingerprint = Fingerprint::Of(message.payload).ToBytes();
+    std::optional<internal::FingerprintBytes> fingerprint_bytes;
+    if (options_.fingerprint_payloads) {
+      fingerprint_bytes = internal::EncodeFingerprint(Fingerprint::Of(message.payload));
+    }
+    std::optional<std::string_view> fingerprint;
+    if (fingerprint_bytes) fingerprint = internal::AsView(*fingerprint_bytes);
 
     WriteTxn txn(db_, st_.txn);
-    if (absl::Status s = txn.Begin("transactional process"); !s.ok()) return s;
+    if (absl::Status s = txn.Begin(kOperation); !s.ok()) return s;
     const int64_t now = clock_->NowMillis();
     const uint64_t token = tokens_();
-
-    std::optional<uint32_t> attempt;
-    {
-      StmtRun run(st_.insert.get(), "transactional process: insert record");
+    auto bind = [&](StmtRun& run) {
       run.Text(1, scope_).Blob(2, message.id).Int64(3, TokenToSql(token));
-      if (fingerprint) {
-        run.Blob(4, *fingerprint);
-      } else {
-        run.Null(4);
-      }
-      run.Int64(5, now + options_.retention.count()).Int64(6, now);
-      absl::StatusOr<bool> row = run.Step();
+      run.OptionalBlob(4, fingerprint).Int64(5, now + options_.retention.count());
+    };
+
+    uint32_t attempt = 1;
+    {
+      StmtRun run(st_.insert.get(), kOperation, "insert record");
+      bind(run);
+      if (absl::Status s = run.Run(); !s.ok()) return s;
+    }
+    if (sqlite3_changes(db_) == 0) {
+      // The id exists. A duplicate, a conflict or a live lease-mode claim is answered from one
+      // read (the guard rolls back); only a record that looks claimable goes on to the takeover,
+      // a single upsert whose own WHERE decides, then a read of the attempts it wrote.
+      absl::StatusOr<std::optional<DedupRow>> row =
+          internal::ReadRow(st_.select_row.get(), scope_, message.id, kOperation);
       if (!row.ok()) return row.status();
-      if (*row) {
-        attempt = static_cast<uint32_t>(run.ColumnInt64(0));
+      if (!row->has_value()) {
+        return absl::InternalError("sqlite: the dedup row was neither inserted nor held");
+      }
+      if (internal::ClassifyHeld(**row, fingerprint, now)) return Held(**row, fingerprint, now);
+      {
+        StmtRun run(st_.takeover.get(), kOperation, "take over record");
+        bind(run);
+        run.Int64(6, now);
         if (absl::Status s = run.Run(); !s.ok()) return s;
       }
+      if (sqlite3_changes(db_) == 0) {
+        return absl::InternalError("sqlite: a claimable dedup row was not taken over");
+      }
+      row = internal::ReadRow(st_.select_row.get(), scope_, message.id, kOperation);
+      if (!row.ok()) return row.status();
+      if (!row->has_value()) return absl::InternalError("sqlite: a taken-over row is missing");
+      attempt = (*row)->attempts;
     }
-    if (!attempt) return Held(message.id, fingerprint, now);  // the guard rolls back
 
     if (message.version) {
       absl::StatusOr<bool> stale = IsStale(*message.version);
@@ -140,7 +173,7 @@ class SqliteTransactionalImpl final : public SqliteTransactional {
       if (*stale) return ProcessResult{.outcome = Outcome::kStale};
     }
 
-    HandlerContext context(/*store=*/nullptr, scope_, message.id, *attempt, token);
+    HandlerContext context(/*store=*/nullptr, scope_, message.id, attempt, token);
     // An exception leaves through here: `txn`'s destructor rolls back the handler's writes and
     // the dedup row together, and the exception travels on unchanged.
     handler(db_, context);
@@ -152,50 +185,36 @@ class SqliteTransactionalImpl final : public SqliteTransactional {
 
     if (message.version) {
       const std::string version = internal::EncodeVersion(message.version->version);
-      StmtRun run(st_.raise_version.get(), "transactional process: raise version");
-      run.Text(1, scope_).Blob(2, message.version->key).Blob(3, version);
-      absl::StatusOr<bool> raised = run.Step();
-      if (!raised.ok()) return raised.status();
-      if (absl::Status s = run.Run(); !s.ok()) return s;
+      {
+        StmtRun run(st_.raise_version.get(), kOperation, "raise version");
+        run.Text(1, scope_).Blob(2, message.version->key).Blob(3, version);
+        if (absl::Status s = run.Run(); !s.ok()) return s;
+      }
       // Checked above in this transaction; only a handler writing idem_versions gets here.
-      if (!*raised) return ProcessResult{.outcome = Outcome::kStale};
+      if (sqlite3_changes(db_) == 0) return ProcessResult{.outcome = Outcome::kStale};
     }
     if (context.result()) {
-      StmtRun run(st_.set_result.get(), "transactional process: save result");
+      StmtRun run(st_.set_result.get(), kOperation, "save result");
       run.Text(1, scope_).Blob(2, message.id).Blob(3, *context.result());
       if (absl::Status s = run.Run(); !s.ok()) return s;
     }
-    if (absl::Status s = txn.Commit("transactional process"); !s.ok()) return s;
+    if (absl::Status s = txn.Commit(kOperation); !s.ok()) return s;
     return ProcessResult{
-        .outcome = Outcome::kProcessed, .result = context.result(), .attempt = *attempt};
+        .outcome = Outcome::kProcessed, .result = context.result(), .attempt = attempt};
   }
 
  private:
-  // Why the insert did not take the id.
-  [[nodiscard]] absl::StatusOr<ProcessResult> Held(std::string_view id,
-                                                   const std::optional<std::string>& fingerprint,
-                                                   int64_t now) {
-    StmtRun run(st_.select_row.get(), "transactional process: read record");
-    run.Text(1, scope_).Blob(2, id);
-    absl::StatusOr<bool> found = run.Step();
-    if (!found.ok()) return found.status();
-    if (*found) {
-      const DedupRow row{.status = static_cast<int>(run.ColumnInt64(0)),
-                         .token = TokenFromSql(run.ColumnInt64(1)),
-                         .lease_until = run.ColumnInt64(2),
-                         .attempts = static_cast<uint32_t>(run.ColumnInt64(3)),
-                         .fingerprint = run.ColumnBlob(4),
-                         .result = run.ColumnBlob(5),
-                         .expires_at = run.ColumnInt64(6)};
-      if (std::optional<ClaimResult> held = internal::ClassifyHeld(row, fingerprint, now)) {
-        return OutcomeOfClaim(*held);
-      }
+  // Why the insert and the takeover did not take the id held in `row`.
+  [[nodiscard]] static absl::StatusOr<ProcessResult> Held(
+      const DedupRow& row, std::optional<std::string_view> fingerprint, int64_t now) {
+    if (std::optional<ClaimResult> held = internal::ClassifyHeld(row, fingerprint, now)) {
+      return OutcomeOfClaim(*held);
     }
-    return absl::InternalError("sqlite: the dedup row was neither inserted nor held");
+    return absl::InternalError("sqlite: the dedup row was neither taken over nor held");
   }
 
   [[nodiscard]] absl::StatusOr<bool> IsStale(const VersionStamp& stamp) {
-    StmtRun run(st_.select_version.get(), "transactional process: read version");
+    StmtRun run(st_.select_version.get(), kOperation, "read version");
     run.Text(1, scope_).Blob(2, stamp.key);
     absl::StatusOr<bool> found = run.Step();
     if (!found.ok()) return found.status();

@@ -177,17 +177,101 @@ TEST_F(SqliteStoreTest, TakeoverOfExpiredLeaseIsOneStatement) {
   EXPECT_EQ(takeover.status, ClaimStatus::kAcquired);
   EXPECT_TRUE(takeover.took_over);
   EXPECT_EQ(takeover.attempt, 2u);
-  // The lock, one upsert that decides and writes, the commit: no read before the write.
-  EXPECT_THAT(
-      trace.statements(),
-      ElementsAre("BEGIN IMMEDIATE",
-                  AllOf(StartsWith("INSERT INTO idem_dedup"),
-                        HasSubstr("ON CONFLICT(scope, id) DO UPDATE SET"), HasSubstr("RETURNING")),
-                  "COMMIT"));
+  // The lock; the fresh insert, which leaves an existing id alone; a read that finds the record
+  // claimable in shape; one upsert whose own WHERE decides and writes the takeover; a read of the
+  // attempts it wrote; the commit. No write depends on what the first read saw.
+  EXPECT_THAT(trace.statements(),
+              ElementsAre("BEGIN IMMEDIATE",
+                          AllOf(StartsWith("INSERT INTO idem_dedup"), HasSubstr("DO NOTHING")),
+                          StartsWith("SELECT status"),
+                          AllOf(StartsWith("INSERT INTO idem_dedup"),
+                                HasSubstr("ON CONFLICT(scope, id) DO UPDATE SET")),
+                          StartsWith("SELECT status"), "COMMIT"));
   EXPECT_EQ(store->Stats().takeovers, 1u);
 }
 
-TEST_F(SqliteStoreTest, RefusedClaimReadsTheRowOnlyAfterTheUpsertInTheSameTransaction) {
+TEST_F(SqliteStoreTest, FreshClaimIsOnePlainInsertWithoutReturning) {
+  ConnectionCapture capture;
+  std::unique_ptr<DedupStore> store = MustOpen();
+  ASSERT_NE(store, nullptr);
+
+  StatementTrace trace(capture.opened()[0]);
+  IDEM_ASSERT_OK_AND_ASSIGN(
+      ClaimResult fresh,
+      store->Claim(ClaimRequest{
+          .scope = kScope, .id = "m-1", .lease = kLease, .fingerprint = Fingerprint::Of("p")}));
+  EXPECT_EQ(fresh.status, ClaimStatus::kAcquired);
+  EXPECT_EQ(fresh.attempt, 1u);
+  EXPECT_FALSE(fresh.took_over);
+  EXPECT_EQ(fresh.lease_until_ms, clock_.NowMillis() + kLease.count());
+  // No RETURNING (SQLite opens two temporary tables for it on every run), no upsert, no read:
+  // sqlite3_changes() says the insert claimed the id.
+  EXPECT_THAT(trace.statements(),
+              ElementsAre("BEGIN IMMEDIATE",
+                          AllOf(StartsWith("INSERT INTO idem_dedup"), HasSubstr("VALUES"),
+                                HasSubstr("ON CONFLICT(scope, id) DO NOTHING"),
+                                Not(HasSubstr("RETURNING")), Not(HasSubstr("SELECT"))),
+                          "COMMIT"));
+
+  // What the claim wrote is what a takeover-free claim reports.
+  IDEM_ASSERT_OK_AND_ASSIGN(std::optional<RecordInfo> info, store->Inspect(kScope, "m-1"));
+  ASSERT_TRUE(info.has_value());
+  EXPECT_EQ(info->state, RecordState::kInProgress);
+  EXPECT_EQ(info->token, fresh.token);
+  EXPECT_EQ(info->attempts, 1u);
+  EXPECT_EQ(info->lease_until_ms, fresh.lease_until_ms);
+  EXPECT_EQ(info->fingerprint, Fingerprint::Of("p"));
+
+  // A completion without a version is one UPDATE, also without RETURNING.
+  trace.Clear();
+  IDEM_ASSERT_OK(store->Complete(CompleteOf("m-1", fresh.token)));
+  EXPECT_THAT(
+      trace.statements(),
+      ElementsAre("BEGIN IMMEDIATE",
+                  AllOf(StartsWith("UPDATE idem_dedup"), Not(HasSubstr("RETURNING"))), "COMMIT"));
+}
+
+TEST_F(SqliteStoreTest, VersionedFreshClaimChecksTheGateInTheInsertItself) {
+  ConnectionCapture capture;
+  std::unique_ptr<DedupStore> store = MustOpen();
+  ASSERT_NE(store, nullptr);
+  const VersionStamp v5{.key = "order-7", .version = 5};
+  IDEM_ASSERT_OK_AND_ASSIGN(
+      ClaimResult first,
+      store->Claim(ClaimRequest{.scope = kScope, .id = "m-1", .lease = kLease, .version = v5}));
+  ASSERT_EQ(first.status, ClaimStatus::kAcquired);
+  IDEM_ASSERT_OK_AND_ASSIGN(
+      CompleteStatus done, store->Complete(CompleteRequest{
+                               .scope = kScope, .id = "m-1", .token = first.token, .version = v5}));
+  EXPECT_EQ(done, CompleteStatus::kCompleted);
+
+  StatementTrace trace(capture.opened()[0]);
+  IDEM_ASSERT_OK_AND_ASSIGN(
+      ClaimResult fresh,
+      store->Claim(ClaimRequest{.scope = kScope,
+                                .id = "m-2",
+                                .lease = kLease,
+                                .version = VersionStamp{.key = "order-7", .version = 6}}));
+  EXPECT_EQ(fresh.status, ClaimStatus::kAcquired);
+  EXPECT_THAT(trace.statements(),
+              ElementsAre("BEGIN IMMEDIATE",
+                          AllOf(StartsWith("INSERT INTO idem_dedup"), HasSubstr("idem_versions"),
+                                HasSubstr("DO NOTHING"), Not(HasSubstr("RETURNING"))),
+                          "COMMIT"));
+
+  // A new id with an old version: the insert inserts nothing, the upsert claims nothing, and
+  // the read says why.
+  trace.Clear();
+  IDEM_ASSERT_OK_AND_ASSIGN(
+      ClaimResult stale,
+      store->Claim(ClaimRequest{.scope = kScope, .id = "m-3", .lease = kLease, .version = v5}));
+  EXPECT_EQ(stale.status, ClaimStatus::kStale);
+  EXPECT_EQ(stale.applied_version, std::optional<uint64_t>(5));
+  IDEM_ASSERT_OK_AND_ASSIGN(std::optional<RecordInfo> none, store->Inspect(kScope, "m-3"));
+  EXPECT_FALSE(none.has_value());
+}
+
+TEST_F(SqliteStoreTest, HeldIdIsAnsweredFromOneReadWithoutATakeoverAttempt) {
   ConnectionCapture capture;
   std::unique_ptr<DedupStore> store = MustOpen();
   ASSERT_NE(store, nullptr);
@@ -196,9 +280,9 @@ TEST_F(SqliteStoreTest, RefusedClaimReadsTheRowOnlyAfterTheUpsertInTheSameTransa
   StatementTrace trace(capture.opened()[0]);
   IDEM_ASSERT_OK_AND_ASSIGN(ClaimResult busy, store->Claim(ClaimOf("m-1")));
   EXPECT_EQ(busy.status, ClaimStatus::kInProgress);
-  EXPECT_THAT(trace.statements(),
-              ElementsAre("BEGIN IMMEDIATE", StartsWith("INSERT INTO idem_dedup"),
-                          StartsWith("SELECT status"), "COMMIT"));
+  // A live claim (as a duplicate or a conflict) cannot be taken over: the upsert is skipped.
+  EXPECT_THAT(trace.statements(), ElementsAre("BEGIN IMMEDIATE", HasSubstr("DO NOTHING"),
+                                              StartsWith("SELECT status"), "COMMIT"));
 }
 
 TEST_F(SqliteStoreTest, ClaimBatchIsOneTransactionWithPerEntryOutcomes) {

@@ -18,7 +18,12 @@
 namespace idem::testing {
 namespace {
 
+using ::testing::AllOf;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::Not;
 using ::testing::Optional;
+using ::testing::StartsWith;
 
 constexpr char kScope[] = "ledger/payments";
 
@@ -247,6 +252,37 @@ TEST_F(SqliteTransactionalTest, LiveLeaseModeClaimIsInProgressAndItsReleaseIsTak
   // The lease-mode owner lost the claim to the committed transaction.
   EXPECT_THAT(store->Complete({.scope = kScope, .id = "pay-1", .token = claim.token}),
               StatusIs(absl::StatusCode::kAborted));
+}
+
+TEST_F(SqliteTransactionalTest, NewIdIsOnePlainInsertAndATakeoverIsOneUpsert) {
+  StatementTrace trace(db_.get());
+  IDEM_ASSERT_OK_AND_ASSIGN(ProcessResult first,
+                            tx_->Process({.id = "pay-1", .payload = "p"}, WriteEffect));
+  EXPECT_EQ(first.outcome, Outcome::kProcessed);
+  EXPECT_EQ(first.attempt, 1u);
+  // No RETURNING (SQLite opens two temporary tables for it on every run), no upsert, no read.
+  EXPECT_THAT(trace.statements(), ElementsAre("BEGIN IMMEDIATE",
+                                              AllOf(StartsWith("INSERT INTO idem_dedup"),
+                                                    HasSubstr("ON CONFLICT(scope, id) DO NOTHING"),
+                                                    Not(HasSubstr("RETURNING"))),
+                                              StartsWith("INSERT INTO effects"), "COMMIT"));
+
+  // A record left claimable by a lease-mode consumer: the insert leaves it alone, one upsert
+  // takes it over, and the row read after it gives the attempt.
+  std::unique_ptr<DedupStore> store = LeaseStore();
+  ASSERT_NE(store, nullptr);
+  IDEM_ASSERT_OK_AND_ASSIGN(ClaimResult claim, store->Claim({.scope = kScope, .id = "pay-2"}));
+  IDEM_ASSERT_OK(store->Release(kScope, "pay-2", claim.token));
+  trace.Clear();
+  IDEM_ASSERT_OK_AND_ASSIGN(ProcessResult taken,
+                            tx_->Process({.id = "pay-2", .payload = "p"}, WriteEffect));
+  EXPECT_EQ(taken.outcome, Outcome::kProcessed);
+  EXPECT_EQ(taken.attempt, 2u);
+  EXPECT_THAT(
+      trace.statements(),
+      ElementsAre("BEGIN IMMEDIATE", HasSubstr("DO NOTHING"),
+                  AllOf(StartsWith("INSERT INTO idem_dedup"), HasSubstr("DO UPDATE SET")),
+                  StartsWith("SELECT status"), StartsWith("INSERT INTO effects"), "COMMIT"));
 }
 
 TEST_F(SqliteTransactionalTest, ProcessInsideAnOpenTransactionIsFailedPrecondition) {

@@ -2,8 +2,9 @@
 //
 // One dedup table `idem_dedup` with PRIMARY KEY(scope, id), ids as BLOB, and one version table
 // `idem_versions`, in WAL mode. Every state change runs in a `BEGIN IMMEDIATE` transaction with a
-// busy timeout; a claim or takeover is a single INSERT … ON CONFLICT DO UPDATE … WHERE statement,
-// never read-then-write, so several processes may share one database file safely.
+// busy timeout. A fresh claim is a single INSERT … ON CONFLICT DO NOTHING; a takeover is a single
+// INSERT … ON CONFLICT DO UPDATE … WHERE whose own WHERE decides (never read-then-write), so
+// several processes may share one database file safely.
 //
 // Two ways to use it:
 //  - NewSqliteStore: a DedupStore on its own connection(s), for lease mode (Processor).
