@@ -122,6 +122,16 @@ absl::Status ErrorReplyStatus(std::string_view error, std::string_view what) {
   if (code == "OOM") {
     return absl::ResourceExhaustedError(Cat("redis ", what, ": ", Clip(error)));
   }
+  if (code == "WRONGTYPE") {
+    return absl::FailedPreconditionError(
+        Cat("redis ", what,
+            ": a key under the prefix is not of the type idem writes (WRONGTYPE): a record of an "
+            "earlier idem (a hash), or another application's key; delete it or use another "
+            "key_prefix"));
+  }
+  if (code == "IDEMDATA") {
+    return absl::DataLossError(Cat("redis ", what, ": ", Clip(error)));
+  }
   return absl::InternalError(Cat("redis ", what, ": ", Clip(error)));
 }
 
@@ -150,14 +160,14 @@ absl::StatusOr<std::unique_ptr<Connection>> Connection::Open(const ConnectParams
   if (redisSetTimeout(context.get(), ToTimeval(params.io_timeout)) != REDIS_OK) {
     return absl::UnavailableError(Cat("redis: cannot set the I/O timeout on ", endpoint));
   }
-  std::unique_ptr<Connection> connection(new Connection(std::move(context)));
+  std::unique_ptr<Connection> connection(new Connection(std::move(context), endpoint));
 
   if (!params.password.empty()) {
     std::vector<std::string_view> auth = {"AUTH"};
     if (!params.user.empty()) auth.push_back(params.user);
     auth.push_back(params.password);
     const std::string what = Cat("AUTH at ", endpoint);
-    absl::StatusOr<ReplyPtr> reply = connection->Command(auth, what);
+    absl::StatusOr<ReplyPtr> reply = connection->Command(auth, "AUTH");
     if (!reply.ok()) return reply.status();
     if ((*reply)->type == REDIS_REPLY_ERROR) {
       // Whatever the server said (WRONGPASS, or "AUTH <password> called without any password
@@ -173,7 +183,7 @@ absl::StatusOr<std::unique_ptr<Connection>> Connection::Open(const ConnectParams
     const std::string db = Cat(params.db);
     const std::string what = Cat("SELECT ", db, " at ", endpoint);
     const std::string_view select[] = {"SELECT", db};
-    absl::StatusOr<ReplyPtr> reply = connection->Command(select, what);
+    absl::StatusOr<ReplyPtr> reply = connection->Command(select, "SELECT");
     if (!reply.ok()) return reply.status();
     if ((*reply)->type == REDIS_REPLY_ERROR) {
       const std::string_view error((*reply)->str, (*reply)->len);
@@ -187,7 +197,7 @@ absl::StatusOr<std::unique_ptr<Connection>> Connection::Open(const ConnectParams
   if (!params.client_name.empty()) {
     const std::string what = Cat("CLIENT SETNAME at ", endpoint);
     const std::string_view setname[] = {"CLIENT", "SETNAME", params.client_name};
-    absl::StatusOr<ReplyPtr> reply = connection->Command(setname, what);
+    absl::StatusOr<ReplyPtr> reply = connection->Command(setname, "CLIENT SETNAME");
     if (!reply.ok()) return reply.status();
     if ((*reply)->type == REDIS_REPLY_ERROR) {
       return ErrorReplyStatus(std::string_view((*reply)->str, (*reply)->len), what);
@@ -199,9 +209,11 @@ absl::StatusOr<std::unique_ptr<Connection>> Connection::Open(const ConnectParams
 absl::Status Connection::Fail(int saved_errno, std::string_view what) {
   broken_ = true;
   if (context_->err == 0) {
-    return absl::InternalError(Cat("redis ", what, ": hiredis failed without an error"));
+    return absl::InternalError(
+        Cat("redis ", what, " at ", endpoint_, ": hiredis failed without an error"));
   }
-  return ContextErrorStatus(context_->err, saved_errno, context_->errstr, what);
+  return ContextErrorStatus(context_->err, saved_errno, context_->errstr,
+                            Cat(what, " at ", endpoint_));
 }
 
 bool Connection::broken() const { return broken_ || context_->err != 0; }
@@ -214,19 +226,23 @@ absl::StatusOr<ReplyPtr> Connection::Command(std::span<const std::string_view> a
 
 absl::Status Connection::Append(std::span<const std::string_view> args, std::string_view what) {
   if (broken()) {
-    return absl::UnavailableError(Cat("redis ", what, ": connection is broken"));
+    return absl::UnavailableError(Cat("redis ", what, " at ", endpoint_, ": connection is broken"));
   }
-  std::vector<const char*> argv;
-  std::vector<size_t> lengths;
-  argv.reserve(args.size());
-  lengths.reserve(args.size());
+  // *<argc>\r\n, then $<length>\r\n<bytes>\r\n per argument.
+  command_.clear();
+  command_.push_back('*');
+  absl::StrAppend(&command_, args.size());
+  command_.append("\r\n");
   for (std::string_view arg : args) {
-    argv.push_back(arg.data());
-    lengths.push_back(arg.size());
+    command_.push_back('$');
+    absl::StrAppend(&command_, arg.size());
+    command_.append("\r\n");
+    command_.append(arg);
+    command_.append("\r\n");
   }
   errno = 0;
-  if (redisAppendCommandArgv(context_.get(), static_cast<int>(args.size()), argv.data(),
-                             lengths.data()) != REDIS_OK) {
+  unsent_ = true;
+  if (redisAppendFormattedCommand(context_.get(), command_.data(), command_.size()) != REDIS_OK) {
     return Fail(errno, what);
   }
   return absl::OkStatus();
@@ -234,13 +250,20 @@ absl::Status Connection::Append(std::span<const std::string_view> args, std::str
 
 absl::StatusOr<ReplyPtr> Connection::GetReply(std::string_view what) {
   if (broken()) {
-    return absl::UnavailableError(Cat("redis ", what, ": connection is broken"));
+    return absl::UnavailableError(Cat("redis ", what, " at ", endpoint_, ": connection is broken"));
   }
   void* raw = nullptr;
   int rc = REDIS_ERR;
   int saved_errno = 0;
-  {
-    const SigpipeGuard guard;  // the first GetReply after Append writes the buffered commands
+  if (unsent_) {
+    // The first GetReply after Append writes every buffered command (hiredis writes until its
+    // buffer is empty); the later ones of a pipeline only read, and need no guard's 4 syscalls.
+    const SigpipeGuard guard;
+    errno = 0;
+    rc = redisGetReply(context_.get(), &raw);
+    saved_errno = errno;
+    unsent_ = false;
+  } else {
     errno = 0;
     rc = redisGetReply(context_.get(), &raw);
     saved_errno = errno;

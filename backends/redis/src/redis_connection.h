@@ -51,6 +51,10 @@ absl::Status ContextErrorStatus(int err, int saved_errno, std::string_view errst
 //   LOADING, BUSY, MASTERDOWN, READONLY, TRYAGAIN,
 //   MISCONF                                         Unavailable (retry later)
 //   OOM                                             ResourceExhausted (maxmemory reached)
+//   WRONGTYPE                                       FailedPrecondition (a key of another type
+//                                                   under the prefix: an earlier idem's hash
+//                                                   record, or another application's key)
+//   IDEMDATA (raised by idem's scripts)             DataLoss (a string that is not an idem record)
 //   anything else (ERR, a script error, ...)        Internal
 absl::Status ErrorReplyStatus(std::string_view error, std::string_view what);
 
@@ -70,9 +74,10 @@ struct ConnectParams {
   std::string Endpoint() const;
 };
 
-// A blocking hiredis connection. After any failure (timeout, dropped connection, protocol error)
-// it is broken() and must be discarded: hiredis leaves a context unusable after an error, and a
-// timed-out command's reply could otherwise be read as the next command's.
+// A blocking hiredis connection. Its statuses name the operation (`what`, e.g. "claim") and the
+// endpoint, built only when a call fails. After any failure (timeout, dropped connection, protocol
+// error) it is broken() and must be discarded: hiredis leaves a context unusable after an error,
+// and a timed-out command's reply could otherwise be read as the next command's.
 class Connection {
  public:
   // Connects with the connect timeout, sets the I/O timeout, and sends AUTH, SELECT and
@@ -83,18 +88,27 @@ class Connection {
   // caller knows what NOSCRIPT means); transport failures are statuses.
   absl::StatusOr<ReplyPtr> Command(std::span<const std::string_view> args, std::string_view what);
   // Pipelining: Append buffers a command (nothing is sent); the first GetReply sends everything
-  // buffered and reads one reply.
+  // buffered and reads one reply. Append encodes the command itself (RESP, binary-safe by
+  // length): hiredis 0.14's own argv formatting costs more than the rest of a call.
   absl::Status Append(std::span<const std::string_view> args, std::string_view what);
   absl::StatusOr<ReplyPtr> GetReply(std::string_view what);
 
   bool broken() const;
+  // For a reply the caller cannot make sense of: the replies still to come would be misread.
+  void MarkBroken() { broken_ = true; }
 
  private:
-  explicit Connection(ContextPtr context) : context_(std::move(context)) {}
+  Connection(ContextPtr context, std::string endpoint)
+      : context_(std::move(context)), endpoint_(std::move(endpoint)) {}
   absl::Status Fail(int saved_errno, std::string_view what);
 
   ContextPtr context_;
+  const std::string endpoint_;
   bool broken_ = false;
+  // Append's RESP encoding of a command, reused from call to call.
+  std::string command_;
+  // Commands were appended and not yet written (by the next GetReply).
+  bool unsent_ = false;
 };
 
 // Up to `size` connections shared by threads. Connections are made lazily; after a failed

@@ -1,39 +1,61 @@
 #include "redis_keys.h"
 
-#include <cstdio>
-
 #include "absl/strings/str_cat.h"
-#include "redis_strings.h"
 
 namespace idem::internal::redis {
 namespace {
 
-std::string EncodeKey(std::string_view prefix, char tag, std::string_view scope,
-                      std::string_view id) {
-  const char tag_text[] = {':', tag, ':', '\0'};
-  std::string key = Cat(prefix.size(), ":");
-  key.append(prefix);
-  absl::StrAppend(&key, tag_text, scope.size(), ":");
-  key.append(scope);
-  key.push_back(':');
-  key.append(id);  // binary-safe: appended by length, never through a C string
-  return key;
+void AppendKey(std::string* out, std::string_view prefix, char tag, std::string_view scope,
+               std::string_view id) {
+  absl::StrAppend(out, prefix.size());
+  out->push_back(':');
+  out->append(prefix);
+  const char tag_text[] = {':', tag, ':'};
+  out->append(tag_text, sizeof(tag_text));
+  absl::StrAppend(out, scope.size());
+  out->push_back(':');
+  out->append(scope);
+  out->push_back(':');
+  out->append(id);  // binary-safe: appended by length, never through a C string
 }
 
 }  // namespace
 
+void AppendRecordKey(std::string* out, std::string_view prefix, std::string_view scope,
+                     std::string_view id) {
+  AppendKey(out, prefix, 'r', scope, id);
+}
+
+void AppendVersionKey(std::string* out, std::string_view prefix, std::string_view scope,
+                      std::string_view key) {
+  AppendKey(out, prefix, 'v', scope, key);
+}
+
 std::string RecordKey(std::string_view prefix, std::string_view scope, std::string_view id) {
-  return EncodeKey(prefix, 'r', scope, id);
+  std::string key;
+  AppendRecordKey(&key, prefix, scope, id);
+  return key;
 }
 
 std::string VersionKey(std::string_view prefix, std::string_view scope, std::string_view key) {
-  return EncodeKey(prefix, 'v', scope, key);
+  std::string out;
+  AppendVersionKey(&out, prefix, scope, key);
+  return out;
+}
+
+void AppendVersion(std::string* out, uint64_t version) {
+  char digits[20];
+  for (int i = 19; i >= 0; --i) {
+    digits[i] = static_cast<char>('0' + version % 10);
+    version /= 10;
+  }
+  out->append(digits, sizeof(digits));
 }
 
 std::string EncodeVersion(uint64_t version) {
-  char buffer[32];
-  std::snprintf(buffer, sizeof(buffer), "%020llu", static_cast<unsigned long long>(version));
-  return std::string(buffer, 20);
+  std::string out;
+  AppendVersion(&out, version);
+  return out;
 }
 
 std::optional<uint64_t> DecodeVersion(std::string_view text) {

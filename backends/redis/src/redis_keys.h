@@ -10,7 +10,7 @@
 namespace idem::internal::redis {
 
 // Keys are
-//   <len(prefix)>:<prefix>:r:<len(scope)>:<scope>:<id>     a dedup record (hash)
+//   <len(prefix)>:<prefix>:r:<len(scope)>:<scope>:<id>     a dedup record (redis_record.h)
 //   <len(prefix)>:<prefix>:v:<len(scope)>:<scope>:<key>    a version-gate entry (string)
 // with lengths in canonical decimal. Reading left to right, each length says exactly where its
 // field ends, the tag separates records from versions, and the id (or key) is the rest: the
@@ -19,10 +19,16 @@ namespace idem::internal::redis {
 // ("idem", "a:b", "c") -> "4:idem:r:3:a:b:c".
 std::string RecordKey(std::string_view prefix, std::string_view scope, std::string_view id);
 std::string VersionKey(std::string_view prefix, std::string_view scope, std::string_view key);
+// The same, appended to `out`.
+void AppendRecordKey(std::string* out, std::string_view prefix, std::string_view scope,
+                     std::string_view id);
+void AppendVersionKey(std::string* out, std::string_view prefix, std::string_view scope,
+                      std::string_view key);
 
 // A version as exactly 20 decimal digits, zero-padded: byte-wise order equals numeric order over
 // the whole uint64 range (UINT64_MAX has 20 digits).
 std::string EncodeVersion(uint64_t version);
+void AppendVersion(std::string* out, uint64_t version);
 // The inverse; nullopt unless `text` is exactly 20 digits spelling a uint64.
 std::optional<uint64_t> DecodeVersion(std::string_view text);
 

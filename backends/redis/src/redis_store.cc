@@ -1,5 +1,6 @@
-// The Redis DedupStore: every state change is one Lua script (redis_scripts.h) run with EVALSHA
-// over a pooled hiredis connection (redis_connection.h).
+// The Redis DedupStore: each record is one packed string (redis_record.h); the claim of a new id
+// is one plain SET NX GET, every other state change one Lua script (redis_scripts.h) run with
+// EVALSHA, pipelined over a pooled hiredis connection (redis_connection.h).
 #include "idem/redis_store.h"
 
 #include <hiredis/hiredis.h>
@@ -24,25 +25,33 @@
 #include "internal/token.h"
 #include "redis_connection.h"
 #include "redis_keys.h"
+#include "redis_record.h"
 #include "redis_scripts.h"
+#include "redis_store_testing.h"
 #include "redis_strings.h"
 
 namespace idem {
 namespace {
 
+using internal::redis::AppendCompletedTail;
+using internal::redis::AppendNewClaimRecord;
+using internal::redis::AppendOwner;
+using internal::redis::AppendRecordKey;
+using internal::redis::AppendVersion;
+using internal::redis::AppendVersionKey;
 using internal::redis::Cat;
 using internal::redis::Connection;
 using internal::redis::ConnectParams;
+using internal::redis::DecodeRecord;
 using internal::redis::DecodeVersion;
-using internal::redis::EncodeVersion;
 using internal::redis::ErrorReplyStatus;
 using internal::redis::Pool;
 using internal::redis::RecordKey;
 using internal::redis::ReplyPtr;
 using internal::redis::VersionKey;
 
-// Leases, retention and timeouts stay below 2^40 ms (~35 years), so the scripts' sums of server
-// time and durations stay exact in Lua's doubles.
+// Leases, retention and timeouts stay below 2^40 ms (~35 years), so the scripts' sums of
+// durations stay exact in Lua's doubles.
 constexpr int64_t kMaxMillis = int64_t{1} << 40;
 
 enum ScriptId { kClaim = 0, kComplete, kRelease, kExtend, kScriptCount };
@@ -58,11 +67,92 @@ constexpr std::array<ScriptInfo, kScriptCount> kScripts = {{
     {"extend", internal::redis::kExtendScript},
 }};
 
-// One script invocation: its KEYS and ARGV, owned.
-struct ScriptCall {
-  ScriptId script = kClaim;
-  std::vector<std::string> keys;
-  std::vector<std::string> args;
+// Commands to pipeline, packed in one buffer: a batch costs a few allocations, not a few per
+// message. Each is a script call (sent as EVALSHA sha numkeys KEYS... ARGV...) or a plain
+// command. Arguments are appended to buffer() and closed by EndArg(); views of them are made
+// only when every command is in (the buffer no longer moves).
+class Commands {
+ public:
+  // `operation` names the batch in errors ("claim").
+  Commands(std::string_view operation, std::size_t expected) : operation_(operation) {
+    commands_.reserve(expected);
+    spans_.reserve(expected * 8);
+    bytes_.reserve(expected * 160);
+  }
+
+  // Starts a call of `script` whose first `num_keys` arguments are KEYS, the rest ARGV.
+  void BeginScript(ScriptId script, int num_keys) {
+    commands_.push_back(Entry{.script = script,
+                              .num_keys = num_keys,
+                              .first_span = static_cast<uint32_t>(spans_.size())});
+  }
+  // Starts a plain command: its arguments are the whole command.
+  void BeginPlain() {
+    commands_.push_back(
+        Entry{.script = kPlain, .num_keys = 0, .first_span = static_cast<uint32_t>(spans_.size())});
+  }
+  std::string* buffer() { return &bytes_; }
+  void EndArg() {
+    spans_.push_back(Span{.offset = arg_start_, .size = bytes_.size() - arg_start_});
+    arg_start_ = bytes_.size();
+  }
+  void Arg(std::string_view bytes) {
+    bytes_.append(bytes);
+    EndArg();
+  }
+  void ArgDecimal(int64_t value) {
+    absl::StrAppend(&bytes_, value);
+    EndArg();
+  }
+
+  std::string_view operation() const { return operation_; }
+  std::size_t size() const { return commands_.size(); }
+  bool is_script(std::size_t i) const { return commands_[i].script != kPlain; }
+  // Replaces `argv` with command i: for a script, EVALSHA `sha` (or, with `eval`, EVAL and the
+  // script's body), numkeys, KEYS, ARGV.
+  void Command(std::size_t i, bool eval, const std::array<std::string, kScriptCount>& shas,
+               std::vector<std::string_view>* argv) const {
+    static constexpr std::string_view kNumKeys[] = {"0", "1", "2"};
+    const Entry& entry = commands_[i];
+    const uint32_t end = i + 1 < commands_.size() ? commands_[i + 1].first_span
+                                                  : static_cast<uint32_t>(spans_.size());
+    argv->clear();
+    if (entry.script != kPlain) {
+      argv->push_back(eval ? "EVAL" : "EVALSHA");
+      argv->push_back(eval ? kScripts[entry.script].body : std::string_view(shas[entry.script]));
+      argv->push_back(kNumKeys[entry.num_keys]);
+    }
+    for (uint32_t k = entry.first_span; k < end; ++k) {
+      argv->push_back(std::string_view(bytes_).substr(spans_[k].offset, spans_[k].size));
+    }
+  }
+
+ private:
+  static constexpr int kPlain = -1;
+  struct Entry {
+    int script;    // a ScriptId, or kPlain
+    int num_keys;  // 0..2
+    uint32_t first_span;
+  };
+  struct Span {
+    std::size_t offset;
+    std::size_t size;
+  };
+  std::string_view operation_;
+  std::vector<Entry> commands_;
+  std::vector<Span> spans_;
+  std::string bytes_;
+  std::size_t arg_start_ = 0;
+};
+
+// What a pipeline of commands answered.
+struct Replies {
+  // One per command, in order: the reply (an error reply is kept as one), or nullptr for a
+  // command that got no answer because the connection failed; `failure` says how.
+  std::vector<ReplyPtr> replies;
+  absl::Status failure;
+  // The server's clock (ms) read by a TIME sent ahead of the calls, when one was asked for.
+  int64_t server_ms = 0;
 };
 
 std::string_view ReplyString(const redisReply* reply) {
@@ -140,6 +230,8 @@ class RedisStore final : public DedupStore {
   StoreStats Stats() const override;
   std::string_view BackendName() const override { return "redis"; }
 
+  void UseScriptClaims() { plain_claims_.store(false, std::memory_order_relaxed); }
+
  private:
   RedisStore(RedisStoreOptions options, ConnectParams params)
       : options_(std::move(options)),
@@ -156,21 +248,38 @@ class RedisStore final : public DedupStore {
     return Cat(operation, " at ", pool_.params().Endpoint());
   }
 
-  // Runs the calls pipelined on one connection: all are sent, then all replies read, in one
-  // round trip. Calls answered NOSCRIPT (the server restarted and lost its script cache, which
-  // means they did not run) are sent again with EVAL, which also re-caches the script. One entry
-  // per call: the reply, or the status of a transport failure or a server error reply.
-  std::vector<absl::StatusOr<ReplyPtr>> RunScripts(std::span<const ScriptCall> calls);
-  // One plain command (GET, HMGET); a server error reply becomes a status.
+  // Runs the commands pipelined on one connection: all are sent, then all replies read, in one
+  // round trip. With `read_time`, a TIME goes first, so `server_ms` is no later than the moment
+  // any of the commands ran. Script calls answered NOSCRIPT (the server restarted and lost its
+  // script cache, which means they did not run) are sent again with EVAL, which also re-caches
+  // the script.
+  Replies Run(const Commands& commands, bool read_time);
+  // One plain command (GET); a server error reply becomes a status.
   absl::StatusOr<ReplyPtr> RunCommand(std::span<const std::string_view> args,
                                       std::string_view operation);
 
-  absl::StatusOr<ClaimResult> ParseClaimReply(absl::StatusOr<ReplyPtr> reply, uint64_t token);
-  absl::StatusOr<CompleteStatus> ParseCompleteReply(absl::StatusOr<ReplyPtr> reply);
+  // Appends the claim of `request` with `token`: the claim script, or with `plain` the plain
+  // SET NX GET that is the whole claim of a new id (see ClaimBatch).
+  void AppendClaim(Commands* commands, const ClaimRequest& request, uint64_t token, bool plain);
+  // The outcome of one claim from the claim script's reply; `server_ms` is the TIME read ahead.
+  absl::StatusOr<ClaimResult> ParseClaimReply(const redisReply* reply, uint64_t token,
+                                              int64_t lease_ms, int64_t server_ms);
+  // The outcome of a plain SET NX GET: nullopt when the record exists but is not COMPLETED (or
+  // the server does not know SET NX GET), so that the claim script must decide.
+  std::optional<absl::StatusOr<ClaimResult>> ParsePlainClaimReply(const redisReply* reply,
+                                                                  const ClaimRequest& request,
+                                                                  uint64_t token,
+                                                                  int64_t server_ms);
+  absl::StatusOr<CompleteStatus> ParseCompleteReply(const redisReply* reply);
+  // The integer reply (1 done, 0 fenced) of release or extend.
+  absl::Status ParseOwnerReply(const Replies& replies, std::string_view operation);
   absl::Status Fenced(std::string_view operation);
 
   const RedisStoreOptions options_;
   std::array<std::string, kScriptCount> shas_;
+  // Whether new ids are claimed with a plain SET NX GET (Redis >= 7.0). Cleared for good when the
+  // server answers it with a syntax error (an older Redis).
+  std::atomic<bool> plain_claims_{true};
   Pool pool_;
   // Serializes calls of a user's token source, which need not be thread-safe. (std::mutex: see
   // Pool.)
@@ -215,8 +324,9 @@ absl::Status RedisStore::CheckServerSettings(Connection& connection) {
   // CONFIG GET one parameter at a time: Redis before 7.0 takes a single pattern.
   auto config_get = [&](std::string_view name) -> absl::StatusOr<std::optional<std::string>> {
     const std::string_view args[] = {"CONFIG", "GET", name};
-    const std::string what = Cat("CONFIG GET ", name, " at ", endpoint);
-    absl::StatusOr<ReplyPtr> reply = connection.Command(args, what);
+    const std::string operation = Cat("CONFIG GET ", name);
+    const std::string what = Cat(operation, " at ", endpoint);
+    absl::StatusOr<ReplyPtr> reply = connection.Command(args, operation);
     if (!reply.ok()) return reply.status();
     const redisReply* r = reply->get();
     if (r->type == REDIS_REPLY_ERROR) return ErrorReplyStatus(ReplyString(r), what);
@@ -264,8 +374,9 @@ absl::Status RedisStore::CheckServerSettings(Connection& connection) {
 absl::Status RedisStore::LoadScripts(Connection& connection) {
   for (int i = 0; i < kScriptCount; ++i) {
     const std::string_view args[] = {"SCRIPT", "LOAD", kScripts[i].body};
-    const std::string what = What(Cat("SCRIPT LOAD ", kScripts[i].name));
-    IDEM_ASSIGN_OR_RETURN(ReplyPtr reply, connection.Command(args, what));
+    const std::string operation = Cat("SCRIPT LOAD ", kScripts[i].name);
+    const std::string what = What(operation);
+    IDEM_ASSIGN_OR_RETURN(ReplyPtr reply, connection.Command(args, operation));
     if (reply->type == REDIS_REPLY_ERROR) return ErrorReplyStatus(ReplyString(reply.get()), what);
     if (!IsString(reply.get())) return UnexpectedReply(what);
     shas_[i] = std::string(ReplyString(reply.get()));
@@ -280,59 +391,68 @@ absl::StatusOr<uint64_t> RedisStore::NextToken() {
   return token;
 }
 
-std::vector<absl::StatusOr<ReplyPtr>> RedisStore::RunScripts(std::span<const ScriptCall> calls) {
-  std::vector<absl::StatusOr<ReplyPtr>> out;
-  out.reserve(calls.size());
-  for (size_t i = 0; i < calls.size(); ++i) {
-    out.emplace_back(absl::InternalError("redis: script call not run"));
-  }
-  if (calls.empty()) return out;
-  const std::string what = What(kScripts[calls.front().script].name);
+Replies RedisStore::Run(const Commands& commands, bool read_time) {
+  Replies out;
+  out.replies.resize(commands.size());
+  if (commands.size() == 0) return out;
+  const std::string_view operation = commands.operation();
   absl::StatusOr<Pool::Handle> connection = pool_.Acquire();
   if (!connection.ok()) {
-    for (auto& entry : out) entry = connection.status();
+    out.failure = connection.status();
     return out;
   }
 
-  std::vector<size_t> pending(calls.size());
-  for (size_t i = 0; i < calls.size(); ++i) pending[i] = i;
+  std::vector<std::string_view> argv;
+  std::vector<size_t> pending(commands.size());
+  for (size_t i = 0; i < commands.size(); ++i) pending[i] = i;
   for (int round = 0; round < 2 && !pending.empty(); ++round) {
     const bool eval = round == 1;
-    for (size_t k = 0; k < pending.size(); ++k) {
-      const ScriptCall& call = calls[pending[k]];
-      const std::string numkeys = Cat(call.keys.size());
-      std::vector<std::string_view> argv;
-      argv.reserve(3 + call.keys.size() + call.args.size());
-      argv.push_back(eval ? "EVAL" : "EVALSHA");
-      argv.push_back(eval ? kScripts[call.script].body : std::string_view(shas_[call.script]));
-      argv.push_back(numkeys);
-      for (const std::string& key : call.keys) argv.push_back(key);
-      for (const std::string& arg : call.args) argv.push_back(arg);
-      if (absl::Status status = (*connection)->Append(argv, what); !status.ok()) {
-        // Nothing buffered was sent: none of the pending calls ran.
-        for (size_t j : pending) out[j] = status;
-        return out;
-      }
+    const bool time = read_time && !eval;
+    if (time) {
+      const std::string_view time_command[] = {"TIME"};
+      out.failure = (*connection)->Append(time_command, operation);
     }
-    std::vector<size_t> noscript;
-    for (size_t k = 0; k < pending.size(); ++k) {
-      absl::StatusOr<ReplyPtr> reply = (*connection)->GetReply(what);
+    for (size_t k = 0; k < pending.size() && out.failure.ok(); ++k) {
+      commands.Command(pending[k], eval, shas_, &argv);
+      out.failure = (*connection)->Append(argv, operation);
+    }
+    // Nothing buffered was sent: none of the pending commands ran.
+    if (!out.failure.ok()) return out;
+    if (time) {
+      absl::StatusOr<ReplyPtr> reply = (*connection)->GetReply(operation);
       if (!reply.ok()) {
-        // The connection is gone: this and the later calls may or may not have run.
-        for (size_t j = k; j < pending.size(); ++j) out[pending[j]] = reply.status();
+        out.failure = reply.status();
         return out;
       }
       const redisReply* r = reply->get();
-      if (r->type == REDIS_REPLY_ERROR) {
-        const std::string_view error = ReplyString(r);
-        if (!eval && error.substr(0, 8) == "NOSCRIPT") {
-          noscript.push_back(pending[k]);
-        } else {
-          out[pending[k]] = ErrorReplyStatus(error, what);
-        }
+      int64_t seconds = 0;
+      int64_t micros = 0;
+      if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 || !IsString(r->element[0]) ||
+          !IsString(r->element[1]) ||
+          !absl::SimpleAtoi(internal::ToAbsl(ReplyString(r->element[0])), &seconds) ||
+          !absl::SimpleAtoi(internal::ToAbsl(ReplyString(r->element[1])), &micros)) {
+        // The commands' replies are still to be read: the connection cannot be reused.
+        (*connection)->MarkBroken();
+        out.failure = UnexpectedReply(What("TIME"));
+        return out;
+      }
+      out.server_ms = seconds * 1000 + micros / 1000;
+    }
+    std::vector<size_t> noscript;
+    for (size_t k = 0; k < pending.size(); ++k) {
+      absl::StatusOr<ReplyPtr> reply = (*connection)->GetReply(operation);
+      if (!reply.ok()) {
+        // The connection is gone: this and the later commands may or may not have run.
+        out.failure = reply.status();
+        return out;
+      }
+      const redisReply* r = reply->get();
+      if (!eval && commands.is_script(pending[k]) && r->type == REDIS_REPLY_ERROR &&
+          ReplyString(r).substr(0, 8) == "NOSCRIPT") {
+        noscript.push_back(pending[k]);
         continue;
       }
-      out[pending[k]] = std::move(reply);
+      out.replies[pending[k]] = *std::move(reply);
     }
     pending = std::move(noscript);
   }
@@ -341,10 +461,11 @@ std::vector<absl::StatusOr<ReplyPtr>> RedisStore::RunScripts(std::span<const Scr
 
 absl::StatusOr<ReplyPtr> RedisStore::RunCommand(std::span<const std::string_view> args,
                                                 std::string_view operation) {
-  const std::string what = What(operation);
   IDEM_ASSIGN_OR_RETURN(Pool::Handle connection, pool_.Acquire());
-  IDEM_ASSIGN_OR_RETURN(ReplyPtr reply, connection->Command(args, what));
-  if (reply->type == REDIS_REPLY_ERROR) return ErrorReplyStatus(ReplyString(reply.get()), what);
+  IDEM_ASSIGN_OR_RETURN(ReplyPtr reply, connection->Command(args, operation));
+  if (reply->type == REDIS_REPLY_ERROR) {
+    return ErrorReplyStatus(ReplyString(reply.get()), What(operation));
+  }
   return reply;
 }
 
@@ -356,84 +477,187 @@ absl::Status RedisStore::Fenced(std::string_view operation) {
           "or expired)"));
 }
 
+// A claim is one round trip: TIME, then per message either
+//  - for a message without a version, on Redis >= 7.0: SET <record> <new claim> NX GET PX <lease +
+//    keep>. That one command is the whole atomic claim of a new id; for an existing id it changes
+//    nothing and returns the record as it is, and a COMPLETED record (duplicate) or another
+//    payload's fingerprint (conflict) is already the answer. Only a record that is IN_PROGRESS or
+//    RELEASED (rare: contention, takeover, retry) needs the claim script, in a second round trip;
+//  - otherwise the claim script, which decides every case itself.
+// TIME is read before any claim runs, so the lease ends reported are never later than the
+// server's own (the TTLs, which the server counts from when each claim ran).
+void RedisStore::AppendClaim(Commands* commands, const ClaimRequest& request, uint64_t token,
+                             bool plain) {
+  const int64_t keep = options_.retention.count();
+  if (plain) {
+    commands->BeginPlain();
+    commands->Arg("SET");
+  } else {
+    commands->BeginScript(kClaim, request.version.has_value() ? 2 : 1);
+  }
+  AppendRecordKey(commands->buffer(), options_.key_prefix, request.scope, request.id);
+  commands->EndArg();
+  if (!plain && request.version.has_value()) {
+    AppendVersionKey(commands->buffer(), options_.key_prefix, request.scope, request.version->key);
+    commands->EndArg();
+  }
+  AppendNewClaimRecord(commands->buffer(), token, static_cast<uint64_t>(keep), request.fingerprint);
+  commands->EndArg();
+  if (plain) {
+    commands->Arg("NX");
+    commands->Arg("GET");
+    commands->Arg("PX");
+    commands->ArgDecimal(request.lease.count() + keep);
+    return;
+  }
+  commands->ArgDecimal(request.lease.count() + keep);
+  commands->ArgDecimal(request.max_attempts);
+  if (request.version.has_value()) AppendVersion(commands->buffer(), request.version->version);
+  commands->EndArg();
+}
+
 std::vector<absl::StatusOr<ClaimResult>> RedisStore::ClaimBatch(
     std::span<const ClaimRequest> requests) {
-  std::vector<absl::StatusOr<ClaimResult>> out;
-  out.reserve(requests.size());
-  std::vector<ScriptCall> calls;
-  std::vector<size_t> call_index;  // out index of each call
-  std::vector<uint64_t> tokens;
+  // Default-constructed entries (an empty status, no allocation) are all overwritten below.
+  std::vector<absl::StatusOr<ClaimResult>> out(requests.size());
+  std::vector<uint64_t> tokens(requests.size(), 0);
+  std::vector<size_t> sent;  // the request of each command
+  sent.reserve(requests.size());
+  Commands commands("claim", requests.size());
+  const bool plain_claims = plain_claims_.load(std::memory_order_relaxed);
   for (size_t i = 0; i < requests.size(); ++i) {
     const ClaimRequest& request = requests[i];
-    out.emplace_back(absl::InternalError("redis: claim not run"));
-    if (absl::Status status = ValidateClaimRequest(request, options_.max_id_bytes); !status.ok()) {
-      out[i] = status;
-      continue;
-    }
-    if (absl::Status status = CheckMillis(request.lease, "lease", false); !status.ok()) {
-      out[i] = status;
-      continue;
-    }
-    absl::StatusOr<uint64_t> token = NextToken();
+    absl::Status status = ValidateClaimRequest(request, options_.max_id_bytes);
+    if (status.ok()) status = CheckMillis(request.lease, "lease", false);
+    absl::StatusOr<uint64_t> token = status.ok() ? NextToken() : status;
     if (!token.ok()) {
       out[i] = token.status();
       continue;
     }
-    ScriptCall call;
-    call.script = kClaim;
-    call.keys.push_back(RecordKey(options_.key_prefix, request.scope, request.id));
-    if (request.version.has_value()) {
-      call.keys.push_back(VersionKey(options_.key_prefix, request.scope, request.version->key));
-    }
-    call.args = {Cat(*token),
-                 Cat(request.lease.count()),
-                 Cat(options_.retention.count()),
-                 request.fingerprint ? request.fingerprint->ToBytes() : std::string(),
-                 Cat(request.max_attempts),
-                 request.version ? EncodeVersion(request.version->version) : std::string()};
-    calls.push_back(std::move(call));
-    call_index.push_back(i);
-    tokens.push_back(*token);
+    tokens[i] = *token;
+    AppendClaim(&commands, request, *token, plain_claims && !request.version.has_value());
+    sent.push_back(i);
   }
-  std::vector<absl::StatusOr<ReplyPtr>> replies = RunScripts(calls);
-  for (size_t k = 0; k < calls.size(); ++k) {
-    out[call_index[k]] = ParseClaimReply(std::move(replies[k]), tokens[k]);
+
+  std::vector<size_t> undecided;  // requests the claim script must decide
+  {
+    const Replies replies = Run(commands, /*read_time=*/true);
+    for (size_t k = 0; k < sent.size(); ++k) {
+      const size_t i = sent[k];
+      const redisReply* reply = replies.replies[k].get();
+      if (reply == nullptr) {
+        out[i] = replies.failure;
+      } else if (!commands.is_script(k)) {
+        std::optional<absl::StatusOr<ClaimResult>> result =
+            ParsePlainClaimReply(reply, requests[i], tokens[i], replies.server_ms);
+        if (result.has_value()) {
+          out[i] = *std::move(result);
+        } else {
+          undecided.push_back(i);
+        }
+      } else {
+        out[i] = ParseClaimReply(reply, tokens[i], requests[i].lease.count(), replies.server_ms);
+      }
+    }
+  }
+  if (undecided.empty()) return out;
+
+  Commands scripts("claim", undecided.size());
+  for (size_t i : undecided) AppendClaim(&scripts, requests[i], tokens[i], /*plain=*/false);
+  const Replies replies = Run(scripts, /*read_time=*/true);
+  for (size_t k = 0; k < undecided.size(); ++k) {
+    const size_t i = undecided[k];
+    const redisReply* reply = replies.replies[k].get();
+    out[i] = reply == nullptr
+                 ? absl::StatusOr<ClaimResult>(replies.failure)
+                 : ParseClaimReply(reply, tokens[i], requests[i].lease.count(), replies.server_ms);
   }
   return out;
 }
 
-absl::StatusOr<ClaimResult> RedisStore::ParseClaimReply(absl::StatusOr<ReplyPtr> reply,
-                                                        uint64_t token) {
-  if (!reply.ok()) return reply.status();
-  const std::string what = What("claim");
-  const redisReply* r = reply->get();
-  if (r->type != REDIS_REPLY_ARRAY || r->elements != 4 || !IsString(r->element[0]) ||
-      r->element[1]->type != REDIS_REPLY_INTEGER || r->element[2]->type != REDIS_REPLY_INTEGER) {
-    return UnexpectedReply(what);
+std::optional<absl::StatusOr<ClaimResult>> RedisStore::ParsePlainClaimReply(
+    const redisReply* r, const ClaimRequest& request, uint64_t token, int64_t server_ms) {
+  ClaimResult result;
+  if (r->type == REDIS_REPLY_NIL) {  // the key was absent: claimed
+    result.status = ClaimStatus::kAcquired;
+    result.token = token;
+    result.attempt = 1;
+    result.lease_until_ms = server_ms + request.lease.count();
+    counters_.CountClaim(result);
+    return result;
+  }
+  if (r->type == REDIS_REPLY_ERROR) {
+    const std::string_view error = ReplyString(r);
+    if (error.substr(0, 16) == "ERR syntax error") {
+      // A Redis before 7.0 refuses NX with GET (and changed nothing): scripts from now on.
+      plain_claims_.store(false, std::memory_order_relaxed);
+      return std::nullopt;
+    }
+    return ErrorReplyStatus(error, What("claim"));
+  }
+  if (r->type != REDIS_REPLY_STRING) return UnexpectedReply(What("claim"));
+  absl::StatusOr<internal::redis::DecodedRecord> record = DecodeRecord(ReplyString(r));
+  if (!record.ok()) {
+    return absl::DataLossError(Cat("redis ", What("claim"), ": ", record.status().message()));
+  }
+  // As in the claim script: a conflict whatever the state, then a duplicate.
+  if (request.fingerprint.has_value() && record->fingerprint.has_value() &&
+      *request.fingerprint != *record->fingerprint) {
+    result.status = ClaimStatus::kConflict;
+  } else if (record->state == RecordState::kCompleted) {
+    result.status = ClaimStatus::kDuplicate;
+    result.result = std::move(record->result);
+  } else {
+    return std::nullopt;
+  }
+  result.attempt = record->attempts;
+  counters_.CountClaim(result);
+  return result;
+}
+
+absl::StatusOr<ClaimResult> RedisStore::ParseClaimReply(const redisReply* r, uint64_t token,
+                                                        int64_t lease_ms, int64_t server_ms) {
+  if (r->type == REDIS_REPLY_ERROR) return ErrorReplyStatus(ReplyString(r), What("claim"));
+  ClaimResult result;
+  // The lease ends are reported from the TIME read before the claim ran: never later than the
+  // server's own (TTL-based) lease end.
+  if (r->type == REDIS_REPLY_INTEGER && r->integer == 1) {
+    result.status = ClaimStatus::kAcquired;
+    result.token = token;
+    result.attempt = 1;
+    result.lease_until_ms = server_ms + lease_ms;
+    counters_.CountClaim(result);
+    return result;
+  }
+  if (r->type != REDIS_REPLY_ARRAY || r->elements < 2 || r->elements > 3 ||
+      !IsString(r->element[0]) || r->element[1]->type != REDIS_REPLY_INTEGER) {
+    return UnexpectedReply(What("claim"));
   }
   const std::string_view outcome = ReplyString(r->element[0]);
-  const redisReply* extra = r->element[3];
-  ClaimResult result;
+  const redisReply* extra = r->elements == 3 ? r->element[2] : nullptr;
   result.attempt = static_cast<uint32_t>(r->element[1]->integer);
   if (outcome == "acquired") {
     result.status = ClaimStatus::kAcquired;
     result.token = token;
-    result.lease_until_ms = r->element[2]->integer;
-    result.took_over = extra->type == REDIS_REPLY_INTEGER && extra->integer == 1;
+    result.lease_until_ms = server_ms + lease_ms;
+    result.took_over =
+        extra != nullptr && extra->type == REDIS_REPLY_INTEGER && extra->integer == 1;
   } else if (outcome == "duplicate") {
     result.status = ClaimStatus::kDuplicate;
-    if (IsString(extra)) result.result = std::string(ReplyString(extra));
+    if (extra != nullptr && IsString(extra)) result.result = std::string(ReplyString(extra));
   } else if (outcome == "in_progress") {
     result.status = ClaimStatus::kInProgress;
-    result.lease_until_ms = r->element[2]->integer;
+    if (extra == nullptr || extra->type != REDIS_REPLY_INTEGER) {
+      return UnexpectedReply(What("claim"));
+    }
+    result.lease_until_ms = server_ms + extra->integer;
   } else if (outcome == "stale") {
     result.status = ClaimStatus::kStale;
-    if (!IsString(extra)) return UnexpectedReply(what);
+    if (extra == nullptr || !IsString(extra)) return UnexpectedReply(What("claim"));
     const std::optional<uint64_t> applied = DecodeVersion(ReplyString(extra));
     if (!applied.has_value()) {
-      return absl::DataLossError(Cat("redis ", what,
-                                     ": a version-gate entry is not a "
-                                     "20-digit version"));
+      return absl::DataLossError(
+          Cat("redis ", What("claim"), ": a version-gate entry is not a 20-digit version"));
     }
     result.applied_version = *applied;
   } else if (outcome == "conflict") {
@@ -441,7 +665,7 @@ absl::StatusOr<ClaimResult> RedisStore::ParseClaimReply(absl::StatusOr<ReplyPtr>
   } else if (outcome == "dead_lettered") {
     result.status = ClaimStatus::kDeadLettered;
   } else {
-    return UnexpectedReply(what);
+    return UnexpectedReply(What("claim"));
   }
   counters_.CountClaim(result);
   return result;
@@ -449,72 +673,94 @@ absl::StatusOr<ClaimResult> RedisStore::ParseClaimReply(absl::StatusOr<ReplyPtr>
 
 std::vector<absl::StatusOr<CompleteStatus>> RedisStore::CompleteBatch(
     std::span<const CompleteRequest> requests) {
-  std::vector<absl::StatusOr<CompleteStatus>> out;
-  out.reserve(requests.size());
-  std::vector<ScriptCall> calls;
-  std::vector<size_t> call_index;
+  Commands calls("complete", requests.size());
+  std::vector<bool> refused(requests.size(), false);
+  std::vector<absl::Status> refusals;
   for (size_t i = 0; i < requests.size(); ++i) {
     const CompleteRequest& request = requests[i];
-    out.emplace_back(absl::InternalError("redis: complete not run"));
     absl::Status status = ValidateCompleteRequest(request, options_.max_id_bytes);
     if (status.ok() && request.token == 0) {
       status = absl::InvalidArgumentError("complete: token 0 is never a claim's token");
     }
     if (status.ok()) status = CheckMillis(request.retention, "retention", true);
     if (!status.ok()) {
-      out[i] = status;
+      refused[i] = true;
+      refusals.push_back(std::move(status));
       continue;
     }
     const std::chrono::milliseconds retention =
         request.retention.count() > 0 ? request.retention : options_.retention;
-    ScriptCall call;
-    call.script = kComplete;
-    call.keys.push_back(RecordKey(options_.key_prefix, request.scope, request.id));
+    calls.BeginScript(kComplete, request.version.has_value() ? 2 : 1);
+    AppendRecordKey(calls.buffer(), options_.key_prefix, request.scope, request.id);
+    calls.EndArg();
     if (request.version.has_value()) {
-      call.keys.push_back(VersionKey(options_.key_prefix, request.scope, request.version->key));
+      AppendVersionKey(calls.buffer(), options_.key_prefix, request.scope, request.version->key);
+      calls.EndArg();
     }
-    call.args = {Cat(request.token),
-                 Cat(retention.count()),
-                 request.result.has_value() ? "1" : "0",
-                 request.result.has_value() ? std::string(*request.result) : std::string(),
-                 request.fingerprint ? request.fingerprint->ToBytes() : std::string(),
-                 request.version ? EncodeVersion(request.version->version) : std::string()};
-    calls.push_back(std::move(call));
-    call_index.push_back(i);
+    AppendOwner(calls.buffer(), request.token);
+    calls.EndArg();
+    calls.ArgDecimal(retention.count());
+    AppendCompletedTail(calls.buffer(), request.fingerprint, request.result);
+    calls.EndArg();
+    if (request.version.has_value()) {
+      AppendVersion(calls.buffer(), request.version->version);
+      calls.EndArg();
+    }
   }
-  std::vector<absl::StatusOr<ReplyPtr>> replies = RunScripts(calls);
-  for (size_t k = 0; k < calls.size(); ++k) {
-    out[call_index[k]] = ParseCompleteReply(std::move(replies[k]));
+
+  const Replies replies = Run(calls, /*read_time=*/false);
+  std::vector<absl::StatusOr<CompleteStatus>> out;
+  out.reserve(requests.size());
+  size_t next_call = 0;
+  size_t next_refusal = 0;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    if (refused[i]) {
+      out.push_back(std::move(refusals[next_refusal++]));
+      continue;
+    }
+    const redisReply* reply = replies.replies[next_call++].get();
+    if (reply == nullptr) {
+      out.push_back(replies.failure);
+    } else {
+      out.push_back(ParseCompleteReply(reply));
+    }
   }
   return out;
 }
 
-absl::StatusOr<CompleteStatus> RedisStore::ParseCompleteReply(absl::StatusOr<ReplyPtr> reply) {
-  if (!reply.ok()) return reply.status();
-  const redisReply* r = reply->get();
-  if (!IsString(r)) return UnexpectedReply(What("complete"));
-  const std::string_view outcome = ReplyString(r);
-  if (outcome == "aborted") return Fenced("complete");
-  if (outcome != "completed" && outcome != "stale") return UnexpectedReply(What("complete"));
+absl::StatusOr<CompleteStatus> RedisStore::ParseCompleteReply(const redisReply* r) {
+  if (r->type == REDIS_REPLY_ERROR) return ErrorReplyStatus(ReplyString(r), What("complete"));
+  if (r->type != REDIS_REPLY_INTEGER || r->integer < 0 || r->integer > 2) {
+    return UnexpectedReply(What("complete"));
+  }
+  if (r->integer == 0) return Fenced("complete");
   const CompleteStatus status =
-      outcome == "stale" ? CompleteStatus::kStale : CompleteStatus::kCompleted;
+      r->integer == 2 ? CompleteStatus::kStale : CompleteStatus::kCompleted;
   counters_.CountCompletion(status);
   return status;
+}
+
+absl::Status RedisStore::ParseOwnerReply(const Replies& replies, std::string_view operation) {
+  const redisReply* r = replies.replies.front().get();
+  if (r == nullptr) return replies.failure;
+  if (r->type == REDIS_REPLY_ERROR) return ErrorReplyStatus(ReplyString(r), What(operation));
+  if (r->type != REDIS_REPLY_INTEGER) return UnexpectedReply(What(operation));
+  if (r->integer != 1) return Fenced(operation);
+  return absl::OkStatus();
 }
 
 absl::Status RedisStore::Release(std::string_view scope, std::string_view id, uint64_t token) {
   IDEM_RETURN_IF_ERROR(ValidateScope(scope));
   IDEM_RETURN_IF_ERROR(ValidateId(id, options_.max_id_bytes));
   if (token == 0) return absl::InvalidArgumentError("release: token 0 is never a claim's token");
-  ScriptCall call;
-  call.script = kRelease;
-  call.keys.push_back(RecordKey(options_.key_prefix, scope, id));
-  call.args = {Cat(token), Cat(options_.retention.count())};
-  std::vector<absl::StatusOr<ReplyPtr>> replies = RunScripts(std::span(&call, 1));
-  IDEM_ASSIGN_OR_RETURN(ReplyPtr reply, std::move(replies.front()));
-  if (reply->type != REDIS_REPLY_INTEGER) return UnexpectedReply(What("release"));
-  if (reply->integer != 1) return Fenced("release");
-  return absl::OkStatus();
+  Commands calls("release", 1);
+  calls.BeginScript(kRelease, 1);
+  AppendRecordKey(calls.buffer(), options_.key_prefix, scope, id);
+  calls.EndArg();
+  AppendOwner(calls.buffer(), token);
+  calls.EndArg();
+  calls.ArgDecimal(options_.retention.count());
+  return ParseOwnerReply(Run(calls, /*read_time=*/false), "release");
 }
 
 absl::StatusOr<int64_t> RedisStore::Extend(std::string_view scope, std::string_view id,
@@ -523,15 +769,17 @@ absl::StatusOr<int64_t> RedisStore::Extend(std::string_view scope, std::string_v
   IDEM_RETURN_IF_ERROR(ValidateId(id, options_.max_id_bytes));
   if (token == 0) return absl::InvalidArgumentError("extend: token 0 is never a claim's token");
   IDEM_RETURN_IF_ERROR(CheckMillis(lease, "lease", false));
-  ScriptCall call;
-  call.script = kExtend;
-  call.keys.push_back(RecordKey(options_.key_prefix, scope, id));
-  call.args = {Cat(token), Cat(lease.count()), Cat(options_.retention.count())};
-  std::vector<absl::StatusOr<ReplyPtr>> replies = RunScripts(std::span(&call, 1));
-  IDEM_ASSIGN_OR_RETURN(ReplyPtr reply, std::move(replies.front()));
-  if (reply->type == REDIS_REPLY_NIL) return Fenced("extend");
-  if (reply->type != REDIS_REPLY_INTEGER) return UnexpectedReply(What("extend"));
-  return static_cast<int64_t>(reply->integer);
+  Commands calls("extend", 1);
+  calls.BeginScript(kExtend, 1);
+  AppendRecordKey(calls.buffer(), options_.key_prefix, scope, id);
+  calls.EndArg();
+  AppendOwner(calls.buffer(), token);
+  calls.EndArg();
+  calls.ArgDecimal(lease.count());
+  const Replies replies = Run(calls, /*read_time=*/true);
+  IDEM_RETURN_IF_ERROR(ParseOwnerReply(replies, "extend"));
+  // As for a claim: from the TIME read before the script ran, so never later than the server's.
+  return replies.server_ms + lease.count();
 }
 
 absl::StatusOr<int64_t> RedisStore::PurgeExpired(int64_t limit) {
@@ -562,40 +810,57 @@ absl::StatusOr<std::optional<RecordInfo>> RedisStore::Inspect(std::string_view s
   IDEM_RETURN_IF_ERROR(ValidateScope(scope));
   IDEM_RETURN_IF_ERROR(ValidateId(id, options_.max_id_bytes));
   const std::string key = RecordKey(options_.key_prefix, scope, id);
-  const std::string_view args[] = {"HMGET",       key,          "state",       "token", "attempts",
-                                   "lease_until", "expires_at", "fingerprint", "result"};
-  IDEM_ASSIGN_OR_RETURN(ReplyPtr reply, RunCommand(args, "inspect"));
+  // The record, its TTL and the clock they are read against, in one MULTI: one consistent view.
+  const std::string_view multi[] = {"MULTI"};
+  const std::string_view get[] = {"GET", key};
+  const std::string_view pttl[] = {"PTTL", key};
+  const std::string_view time[] = {"TIME"};
+  const std::string_view exec[] = {"EXEC"};
   const std::string what = What("inspect");
-  if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 7) return UnexpectedReply(what);
-  redisReply** f = reply->element;
-  if (f[0]->type == REDIS_REPLY_NIL) return std::optional<RecordInfo>();
-  RecordInfo info;
-  const std::string_view state = ReplyString(f[0]);
-  if (state == "P") {
-    info.state = RecordState::kInProgress;
-  } else if (state == "R") {
-    info.state = RecordState::kReleased;
-  } else if (state == "C") {
-    info.state = RecordState::kCompleted;
-  } else {
-    return absl::DataLossError(Cat("redis ", what, ": unknown record state"));
+  IDEM_ASSIGN_OR_RETURN(Pool::Handle connection, pool_.Acquire());
+  for (std::span<const std::string_view> command :
+       {std::span<const std::string_view>(multi), std::span<const std::string_view>(get),
+        std::span<const std::string_view>(pttl), std::span<const std::string_view>(time),
+        std::span<const std::string_view>(exec)}) {
+    IDEM_RETURN_IF_ERROR(connection->Append(command, "inspect"));
   }
-  auto number = [&](const redisReply* field, auto& out) -> bool {
-    if (field->type == REDIS_REPLY_NIL) return true;
-    return IsString(field) && absl::SimpleAtoi(internal::ToAbsl(ReplyString(field)), &out);
-  };
-  if (!number(f[1], info.token) || !number(f[2], info.attempts) ||
-      !number(f[3], info.lease_until_ms) || !number(f[4], info.expires_at_ms)) {
-    return absl::DataLossError(Cat("redis ", what, ": a record field is not a number"));
-  }
-  if (info.state != RecordState::kInProgress) info.lease_until_ms = 0;
-  if (IsString(f[5])) {
-    if (f[5]->len != 16) {
-      return absl::DataLossError(Cat("redis ", what, ": bad fingerprint length"));
+  ReplyPtr reply;
+  for (int i = 0; i < 5; ++i) {  // +OK, QUEUED x3, then EXEC's array
+    IDEM_ASSIGN_OR_RETURN(reply, connection->GetReply("inspect"));
+    if (reply->type == REDIS_REPLY_ERROR) {
+      connection->MarkBroken();  // the replies still to come would be misread
+      return ErrorReplyStatus(ReplyString(reply.get()), what);
     }
-    info.fingerprint = Fingerprint::FromBytes(ReplyString(f[5]));
   }
-  if (IsString(f[6])) info.result = std::string(ReplyString(f[6]));
+  if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 3) return UnexpectedReply(what);
+  const redisReply* value = reply->element[0];
+  const redisReply* ttl = reply->element[1];
+  const redisReply* now = reply->element[2];
+  if (value->type == REDIS_REPLY_ERROR) return ErrorReplyStatus(ReplyString(value), what);
+  if (value->type == REDIS_REPLY_NIL) return std::optional<RecordInfo>();
+  int64_t seconds = 0;
+  int64_t micros = 0;
+  if (!IsString(value) || ttl->type != REDIS_REPLY_INTEGER || now->type != REDIS_REPLY_ARRAY ||
+      now->elements != 2 || !IsString(now->element[0]) || !IsString(now->element[1]) ||
+      !absl::SimpleAtoi(internal::ToAbsl(ReplyString(now->element[0])), &seconds) ||
+      !absl::SimpleAtoi(internal::ToAbsl(ReplyString(now->element[1])), &micros)) {
+    return UnexpectedReply(what);
+  }
+  absl::StatusOr<internal::redis::DecodedRecord> record = DecodeRecord(ReplyString(value));
+  if (!record.ok())
+    return absl::DataLossError(Cat("redis ", what, ": ", record.status().message()));
+  const int64_t now_ms = seconds * 1000 + micros / 1000;
+  RecordInfo info;
+  info.state = record->state;
+  info.token = record->token;
+  info.attempts = record->attempts;
+  // Every record carries a TTL; -1 (none) would mean it was rewritten by hand.
+  info.expires_at_ms = ttl->integer >= 0 ? now_ms + ttl->integer : 0;
+  if (info.state == RecordState::kInProgress && ttl->integer >= 0) {
+    info.lease_until_ms = now_ms + ttl->integer - record->keep_ms;
+  }
+  info.fingerprint = record->fingerprint;
+  info.result = std::move(record->result);
   return std::optional<RecordInfo>(std::move(info));
 }
 
@@ -606,5 +871,13 @@ StoreStats RedisStore::Stats() const { return counters_.Snapshot(); }
 absl::StatusOr<std::unique_ptr<DedupStore>> NewRedisStore(RedisStoreOptions options) {
   return RedisStore::Open(std::move(options));
 }
+
+namespace internal::redis {
+
+void UseScriptClaimsForTesting(DedupStore& store) {
+  static_cast<RedisStore&>(store).UseScriptClaims();
+}
+
+}  // namespace internal::redis
 
 }  // namespace idem

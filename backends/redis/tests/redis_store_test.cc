@@ -269,6 +269,78 @@ TEST_F(RedisStoreTest, LeasesUseTheServerClockAndRecordsCarryTtls) {
               static_cast<double>(server_now_ms + 123'000), 5'000.0);
 }
 
+// The bytes of `value`, big-endian, as the record layout stores integers.
+std::string BigEndian(uint64_t value, int bytes) {
+  std::string out;
+  for (int shift = 8 * (bytes - 1); shift >= 0; shift -= 8) {
+    out.push_back(static_cast<char>((value >> shift) & 0xFF));
+  }
+  return out;
+}
+
+TEST_F(RedisStoreTest, ARecordIsOnePackedStringWithTheDocumentedLayout) {
+  ClaimRequest request = Claim(kScope, "packed");
+  request.fingerprint = Fingerprint::Of("payload");
+  const ClaimResult claim = MustClaim(request);
+  ASSERT_EQ(claim.status, ClaimStatus::kAcquired);
+  const std::string key = internal::redis::RecordKey(prefix_, kScope, "packed");
+  EXPECT_EQ(Admin({"TYPE", key}), "string");
+  // format 1, IN_PROGRESS, token, attempt 1, keep (the default retention), flags: fingerprint.
+  const std::string header = BigEndian(claim.token, 8) + BigEndian(1, 4) +
+                             BigEndian(static_cast<uint64_t>(kDefaultRetention.count()), 8);
+  const std::string fingerprint = request.fingerprint->ToBytes();
+  EXPECT_EQ(Admin({"GET", key}), std::string("\x01P", 2) + header + '\x01' + fingerprint);
+
+  const std::string result("r\0\xFF", 3);
+  CompleteRequest done{.scope = kScope, .id = "packed", .token = claim.token};
+  done.result = result;  // no fingerprint: the claim's stays
+  IDEM_ASSERT_OK(store_->Complete(done));
+  EXPECT_EQ(Admin({"GET", key}), std::string("\x01"
+                                             "C",
+                                             2) +
+                                     header + '\x03' + fingerprint + result);
+  IDEM_ASSERT_OK_AND_ASSIGN(auto info, store_->Inspect(kScope, "packed"));
+  ASSERT_TRUE(info.has_value());
+  EXPECT_EQ(info->state, RecordState::kCompleted);
+  EXPECT_EQ(info->token, claim.token);
+  EXPECT_EQ(info->attempts, 1u);
+  EXPECT_THAT(info->fingerprint, Optional(Eq(*request.fingerprint)));
+  EXPECT_THAT(info->result, Optional(Eq(result)));
+}
+
+TEST_F(RedisStoreTest, KeysOfAnotherTypeAreFailedPreconditionAndLeftAlone) {
+  // A record as an earlier idem wrote it: a hash.
+  const std::string key = internal::redis::RecordKey(prefix_, kScope, "old");
+  Admin({"HSET", key, "state", "C", "attempts", "1"});
+  constexpr auto kFailedPrecondition = absl::StatusCode::kFailedPrecondition;
+  EXPECT_THAT(store_->Claim(Claim(kScope, "old")), StatusIs(kFailedPrecondition));
+  ClaimRequest versioned = Claim(kScope, "old");  // through the claim script
+  versioned.version = VersionStamp{.key = "k", .version = 1};
+  EXPECT_THAT(store_->Claim(versioned), StatusIs(kFailedPrecondition));
+  EXPECT_THAT(store_->Complete(CompleteRequest{.scope = kScope, .id = "old", .token = 7}),
+              StatusIs(kFailedPrecondition));
+  EXPECT_THAT(store_->Release(kScope, "old", 7), StatusIs(kFailedPrecondition));
+  EXPECT_THAT(store_->Extend(kScope, "old", 7, kLongLease), StatusIs(kFailedPrecondition));
+  EXPECT_THAT(store_->Inspect(kScope, "old"), StatusIs(kFailedPrecondition));
+  EXPECT_EQ(Admin({"TYPE", key}), "hash");
+  EXPECT_EQ(Admin({"HGET", key, "state"}), "C");
+}
+
+TEST_F(RedisStoreTest, StringsThatAreNotRecordsAreDataLossAndLeftAlone) {
+  const std::string key = internal::redis::RecordKey(prefix_, kScope, "foreign");
+  Admin({"SET", key, "not an idem record"});
+  constexpr auto kDataLoss = absl::StatusCode::kDataLoss;
+  EXPECT_THAT(store_->Claim(Claim(kScope, "foreign")), StatusIs(kDataLoss));
+  ClaimRequest versioned = Claim(kScope, "foreign");  // through the claim script
+  versioned.version = VersionStamp{.key = "k", .version = 1};
+  EXPECT_THAT(store_->Claim(versioned), StatusIs(kDataLoss));
+  EXPECT_THAT(store_->Complete(CompleteRequest{.scope = kScope, .id = "foreign", .token = 7}),
+              StatusIs(kDataLoss));
+  EXPECT_THAT(store_->Release(kScope, "foreign", 7), StatusIs(kDataLoss));
+  EXPECT_THAT(store_->Inspect(kScope, "foreign"), StatusIs(kDataLoss));
+  EXPECT_EQ(Admin({"GET", key}), "not an idem record");
+}
+
 TEST_F(RedisStoreTest, TokenZeroAndBadInputAreInvalidArgumentWithoutIo) {
   EXPECT_THAT(store_->Complete(CompleteRequest{.scope = kScope, .id = "x", .token = 0}),
               StatusIs(absl::StatusCode::kInvalidArgument));

@@ -267,8 +267,8 @@ TEST_F(SqliteTransactionalTest, NewIdIsOnePlainInsertAndATakeoverIsOneUpsert) {
                                                     Not(HasSubstr("RETURNING"))),
                                               StartsWith("INSERT INTO effects"), "COMMIT"));
 
-  // A record left claimable by a lease-mode consumer: the insert leaves it alone, one upsert
-  // takes it over, and the row read after it gives the attempt.
+  // A record left claimable by a lease-mode consumer: the insert leaves it alone, a read finds it
+  // claimable in shape, one upsert takes it over, and a read after it gives the attempt.
   std::unique_ptr<DedupStore> store = LeaseStore();
   ASSERT_NE(store, nullptr);
   IDEM_ASSERT_OK_AND_ASSIGN(ClaimResult claim, store->Claim({.scope = kScope, .id = "pay-2"}));
@@ -280,7 +280,7 @@ TEST_F(SqliteTransactionalTest, NewIdIsOnePlainInsertAndATakeoverIsOneUpsert) {
   EXPECT_EQ(taken.attempt, 2u);
   EXPECT_THAT(
       trace.statements(),
-      ElementsAre("BEGIN IMMEDIATE", HasSubstr("DO NOTHING"),
+      ElementsAre("BEGIN IMMEDIATE", HasSubstr("DO NOTHING"), StartsWith("SELECT status"),
                   AllOf(StartsWith("INSERT INTO idem_dedup"), HasSubstr("DO UPDATE SET")),
                   StartsWith("SELECT status"), StartsWith("INSERT INTO effects"), "COMMIT"));
 }

@@ -1,16 +1,28 @@
 // The Redis backend: the shared store for consumers on many machines.
 //
-// Each dedup record is a Redis hash and each version-gate entry a string, under keys that are an
-// injective, binary-safe encoding of (key_prefix, scope, id). Every state change (claim or
-// takeover, complete with its version gate, release, extend) is one Lua script, loaded once with
-// SCRIPT LOAD and run with EVALSHA (falling back to EVAL when a restarted server answers
-// NOSCRIPT). Leases and retention use the server's clock (TIME, PEXPIRE), never the client's, so
-// consumers on machines with skewed clocks agree. Versions are compared exactly over the full
-// uint64 range. ClaimBatch and CompleteBatch are pipelined: one round trip per batch.
+// Each dedup record is one packed string (state, token, attempts, fingerprint, result; layout in
+// src/redis_record.h) and each version-gate entry a 20-digit string, under keys that are an
+// injective, binary-safe encoding of (key_prefix, scope, id). Every state change that reads
+// before it writes (a takeover, complete with its version gate, release, extend) is one Lua
+// script, loaded once with SCRIPT LOAD and run with EVALSHA (falling back to EVAL when a
+// restarted server answers NOSCRIPT). The claim of a new id is itself one atomic command, a plain
+// `SET key record NX GET PX ttl` (Redis >= 7.0; against an older server every claim goes through
+// the claim script): it inserts the record if the key is absent and otherwise returns the
+// record unchanged, which already answers a duplicate or a conflict; only an id that is
+// IN_PROGRESS or RELEASED is then decided by the claim script. Leases and retention are the keys'
+// TTLs, counted by the server's clock, never the client's, so consumers on machines with skewed
+// clocks agree; the lease ends reported (ClaimResult::lease_until_ms, Extend) come from a TIME
+// read in the same round trip just before, so they are never later than the server's. Versions
+// are compared exactly over the full uint64 range. ClaimBatch and CompleteBatch are pipelined: one
+// round trip per batch (plus one for the claims of ids that are IN_PROGRESS or RELEASED).
 //
 // Records expire by themselves: a COMPLETED record after its retention, an IN_PROGRESS or
 // RELEASED one after its lease plus the store's retention. PurgeExpired therefore does nothing
 // and returns 0. Version-gate entries never expire.
+//
+// A key under the prefix that is not such a record fails the call and is left as it is: of
+// another type (WRONGTYPE; e.g. a hash written by idem before this layout) FailedPrecondition,
+// a string that is not a record DataLoss. Delete such keys, or use another key_prefix.
 //
 // What the guarantees assume of the server (checked at open, see `warning`):
 //  - `maxmemory-policy noeviction`. Any eviction policy may silently drop dedup records and
@@ -29,7 +41,8 @@
 // change may or may not have been applied), Unauthenticated (AUTH refused: NOAUTH, WRONGPASS),
 // PermissionDenied (the ACL user may not run a command: NOPERM), ResourceExhausted (server OOM),
 // Aborted (the token no longer owns the claim), FailedPrecondition (SELECT of a db the server does
-// not have), Internal (protocol error or unexpected reply).
+// not have; a key of another type under the prefix), DataLoss (a string under the prefix that is
+// not a record), Internal (protocol error or unexpected reply).
 // Passwords never appear in errors, warnings or logs.
 //
 // Thread-safety: a store is safe for concurrent use. It keeps a pool of up to `pool_size`
