@@ -13,6 +13,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
+#include "internal/adaptive_mutex.h"
 #include "internal/store_counters.h"
 #include "internal/strings.h"
 #include "internal/token.h"
@@ -48,10 +49,11 @@ const std::string& LookupKey(KeyBuffer which, std::string_view scope, std::strin
 
 using RecordMap = absl::flat_hash_map<std::string, Record>;
 
-// std::mutex rather than absl::Mutex: the claim path takes one lock per call, and Debian's abseil
-// runs absl::Mutex's deadlock-cycle bookkeeping on every acquisition.
-struct Shard {
-  std::mutex mu;
+// Cache-line aligned, counters included: two threads on two shards share no line.
+struct alignas(64) Shard {
+  internal::AdaptiveMutex mu;
+  // Per shard, so that counting does not make every call contend on one cache line.
+  internal::StoreCounters counters;
   // Both guarded by mu.
   RecordMap records;
   // (key, seq) in creation order; maintained only with evict_oldest.
@@ -59,7 +61,7 @@ struct Shard {
 };
 
 struct VersionShard {
-  std::mutex mu;
+  internal::AdaptiveMutex mu;
   absl::flat_hash_map<std::string, uint64_t> versions;  // guarded by mu
 };
 
@@ -88,7 +90,7 @@ class MemoryStore final : public DedupStore {
     const std::string& key = LookupKey(KeyBuffer::kRecord, request.scope, request.id);
     const std::size_t hash = HashOf(key);
     Shard& shard = ShardFor(hash);
-    std::lock_guard<std::mutex> lock(shard.mu);
+    std::lock_guard<internal::AdaptiveMutex> lock(shard.mu);
     const int64_t now = clock_->NowMillis();
 
     auto it = shard.records.find(key, hash);
@@ -96,18 +98,18 @@ class MemoryStore final : public DedupStore {
     if (it != shard.records.end()) {
       Record& r = it->second;
       if (request.fingerprint && r.fingerprint && *request.fingerprint != *r.fingerprint) {
-        Counters::Add(counters_.conflicts);
+        Counters::Add(shard.counters.conflicts);
         return ClaimResult{.status = ClaimStatus::kConflict, .attempt = r.attempts};
       }
       if (r.state == RecordState::kCompleted) {
         if (r.expires_at > now) {
-          Counters::Add(counters_.duplicates);
+          Counters::Add(shard.counters.duplicates);
           return ClaimResult{
               .status = ClaimStatus::kDuplicate, .attempt = r.attempts, .result = r.result};
         }
         reclaim_expired = true;
       } else if (r.state == RecordState::kInProgress && r.lease_until > now) {
-        Counters::Add(counters_.in_progress);
+        Counters::Add(shard.counters.in_progress);
         return ClaimResult{.status = ClaimStatus::kInProgress,
                            .attempt = r.attempts,
                            .lease_until_ms = r.lease_until};
@@ -117,7 +119,7 @@ class MemoryStore final : public DedupStore {
     if (request.version) {
       std::optional<uint64_t> applied = LookupVersion(request.scope, request.version->key);
       if (applied && *applied >= request.version->version) {
-        Counters::Add(counters_.stale);
+        Counters::Add(shard.counters.stale);
         return ClaimResult{.status = ClaimStatus::kStale, .applied_version = applied};
       }
     }
@@ -128,7 +130,7 @@ class MemoryStore final : public DedupStore {
       // RELEASED, or IN_PROGRESS with an expired lease: takeover.
       Record& r = it->second;
       if (request.max_attempts > 0 && r.attempts >= request.max_attempts) {
-        Counters::Add(counters_.dead_lettered);
+        Counters::Add(shard.counters.dead_lettered);
         return ClaimResult{.status = ClaimStatus::kDeadLettered, .attempt = r.attempts};
       }
       const bool took_over = r.state == RecordState::kInProgress;
@@ -138,8 +140,8 @@ class MemoryStore final : public DedupStore {
       r.lease_until = lease_until;
       r.expires_at = expires_at;
       if (!r.fingerprint) r.fingerprint = request.fingerprint;
-      Counters::Add(counters_.claims_acquired);
-      if (took_over) Counters::Add(counters_.takeovers);
+      Counters::Add(shard.counters.claims_acquired);
+      if (took_over) Counters::Add(shard.counters.takeovers);
       return ClaimResult{.status = ClaimStatus::kAcquired,
                          .token = r.token,
                          .attempt = r.attempts,
@@ -149,7 +151,7 @@ class MemoryStore final : public DedupStore {
 
     if (reclaim_expired) {
       // Retention ran out: the id is new again (documented; counted).
-      Counters::Add(counters_.retention_reclaims);
+      Counters::Add(shard.counters.retention_reclaims);
     } else if (absl::Status s = ReserveSlot(shard, now); !s.ok()) {
       return s;
     }
@@ -164,7 +166,7 @@ class MemoryStore final : public DedupStore {
     const uint64_t token = fresh.token;
     if (options_.evict_oldest) shard.order.emplace_back(key, fresh.seq);
     shard.records.insert_or_assign(key, std::move(fresh));
-    Counters::Add(counters_.claims_acquired);
+    Counters::Add(shard.counters.claims_acquired);
     return ClaimResult{.status = ClaimStatus::kAcquired,
                        .token = token,
                        .attempt = 1,
@@ -176,9 +178,9 @@ class MemoryStore final : public DedupStore {
     const std::string& key = LookupKey(KeyBuffer::kRecord, request.scope, request.id);
     const std::size_t hash = HashOf(key);
     Shard& shard = ShardFor(hash);
-    std::lock_guard<std::mutex> lock(shard.mu);
+    std::lock_guard<internal::AdaptiveMutex> lock(shard.mu);
     Record* r = OwnedRecord(shard, key, hash, request.token);
-    if (r == nullptr) return Fenced("complete");
+    if (r == nullptr) return Fenced(shard, "complete");
     const int64_t now = clock_->NowMillis();
 
     CompleteStatus status = CompleteStatus::kCompleted;
@@ -186,17 +188,17 @@ class MemoryStore final : public DedupStore {
       const std::string& vkey = LookupKey(KeyBuffer::kVersion, request.scope, request.version->key);
       const std::size_t vhash = HashOf(vkey);
       VersionShard& vshard = VersionShardFor(vhash);
-      std::lock_guard<std::mutex> vlock(vshard.mu);
+      std::lock_guard<internal::AdaptiveMutex> vlock(vshard.mu);
       auto vit = vshard.versions.find(vkey, vhash);
       if (vit != vshard.versions.end() && vit->second >= request.version->version) {
         status = CompleteStatus::kStale;
-        Counters::Add(counters_.stale);
+        Counters::Add(shard.counters.stale);
       } else if (vit != vshard.versions.end()) {
         vit->second = request.version->version;
       } else {
         if (version_count_.fetch_add(1, std::memory_order_relaxed) >= options_.max_version_keys) {
           version_count_.fetch_sub(1, std::memory_order_relaxed);
-          Counters::Add(counters_.capacity_rejections);
+          Counters::Add(shard.counters.capacity_rejections);
           return absl::ResourceExhaustedError(
               absl::StrCat("in-memory store holds max_version_keys=", options_.max_version_keys,
                            " version keys; the completion was not recorded"));
@@ -211,7 +213,7 @@ class MemoryStore final : public DedupStore {
     r->expires_at = now + retention;
     if (request.result) r->result = std::string(*request.result);
     if (!r->fingerprint) r->fingerprint = request.fingerprint;
-    Counters::Add(counters_.completed);
+    Counters::Add(shard.counters.completed);
     return status;
   }
 
@@ -220,9 +222,9 @@ class MemoryStore final : public DedupStore {
     const std::string& key = LookupKey(KeyBuffer::kRecord, scope, id);
     const std::size_t hash = HashOf(key);
     Shard& shard = ShardFor(hash);
-    std::lock_guard<std::mutex> lock(shard.mu);
+    std::lock_guard<internal::AdaptiveMutex> lock(shard.mu);
     Record* r = OwnedRecord(shard, key, hash, token);
-    if (r == nullptr) return Fenced("release");
+    if (r == nullptr) return Fenced(shard, "release");
     r->state = RecordState::kReleased;
     r->lease_until = 0;
     r->expires_at = clock_->NowMillis() + options_.retention.count();
@@ -236,9 +238,9 @@ class MemoryStore final : public DedupStore {
     const std::string& key = LookupKey(KeyBuffer::kRecord, scope, id);
     const std::size_t hash = HashOf(key);
     Shard& shard = ShardFor(hash);
-    std::lock_guard<std::mutex> lock(shard.mu);
+    std::lock_guard<internal::AdaptiveMutex> lock(shard.mu);
     Record* r = OwnedRecord(shard, key, hash, token);
-    if (r == nullptr) return Fenced("extend");
+    if (r == nullptr) return Fenced(shard, "extend");
     r->lease_until = clock_->NowMillis() + lease.count();
     r->expires_at = r->lease_until + options_.retention.count();
     return r->lease_until;
@@ -247,21 +249,23 @@ class MemoryStore final : public DedupStore {
   absl::StatusOr<int64_t> PurgeExpired(int64_t limit) override {
     int64_t purged = 0;
     for (Shard& shard : shards_) {
-      std::lock_guard<std::mutex> lock(shard.mu);
+      std::lock_guard<internal::AdaptiveMutex> lock(shard.mu);
       const int64_t now = clock_->NowMillis();
+      int64_t purged_here = 0;
       for (auto it = shard.records.begin(); it != shard.records.end();) {
-        if (limit > 0 && purged >= limit) break;
+        if (limit > 0 && purged + purged_here >= limit) break;
         if (IsPurgeable(it->second, now)) {
           shard.records.erase(it++);
-          ++purged;
+          ++purged_here;
         } else {
           ++it;
         }
       }
+      Counters::Add(shard.counters.purged, static_cast<uint64_t>(purged_here));
+      purged += purged_here;
       CompactOrder(shard);
     }
     count_.fetch_sub(static_cast<std::size_t>(purged), std::memory_order_relaxed);
-    counters_.purged.fetch_add(static_cast<uint64_t>(purged), std::memory_order_relaxed);
     return purged;
   }
 
@@ -279,7 +283,7 @@ class MemoryStore final : public DedupStore {
     const std::string& key = LookupKey(KeyBuffer::kRecord, scope, id);
     const std::size_t hash = HashOf(key);
     Shard& shard = ShardFor(hash);
-    std::lock_guard<std::mutex> lock(shard.mu);
+    std::lock_guard<internal::AdaptiveMutex> lock(shard.mu);
     auto it = shard.records.find(key, hash);
     if (it == shard.records.end()) return std::optional<RecordInfo>();
     const Record& r = it->second;
@@ -292,7 +296,11 @@ class MemoryStore final : public DedupStore {
                                                 .result = r.result});
   }
 
-  StoreStats Stats() const override { return counters_.Snapshot(); }
+  StoreStats Stats() const override {
+    StoreStats total;
+    for (const Shard& shard : shards_) internal::Accumulate(total, shard.counters.Snapshot());
+    return total;
+  }
 
   std::string_view BackendName() const override { return "memory"; }
 
@@ -310,7 +318,7 @@ class MemoryStore final : public DedupStore {
     const std::string& vkey = LookupKey(KeyBuffer::kVersion, scope, key);
     const std::size_t vhash = HashOf(vkey);
     VersionShard& vshard = VersionShardFor(vhash);
-    std::lock_guard<std::mutex> lock(vshard.mu);
+    std::lock_guard<internal::AdaptiveMutex> lock(vshard.mu);
     auto it = vshard.versions.find(vkey, vhash);
     if (it == vshard.versions.end()) return std::nullopt;
     return it->second;
@@ -333,8 +341,8 @@ class MemoryStore final : public DedupStore {
     return &r;
   }
 
-  absl::Status Fenced(std::string_view operation) {
-    Counters::Add(counters_.fenced);
+  static absl::Status Fenced(Shard& shard, std::string_view operation) {
+    Counters::Add(shard.counters.fenced);
     return absl::AbortedError(absl::StrCat(
         std::string(operation), " refused: the token no longer owns the claim (lease lost)"));
   }
@@ -353,7 +361,7 @@ class MemoryStore final : public DedupStore {
       return absl::OkStatus();  // the evicted record's slot is reused
     }
     count_.fetch_sub(1, std::memory_order_relaxed);
-    Counters::Add(counters_.capacity_rejections);
+    Counters::Add(shard.counters.capacity_rejections);
     return absl::ResourceExhaustedError(absl::StrCat(
         "in-memory store is full (capacity=", options_.capacity,
         options_.evict_oldest ? "; nothing evictable in this shard" : "; eviction is off",
@@ -375,7 +383,7 @@ class MemoryStore final : public DedupStore {
       }
       shard.records.erase(it);
       shard.order.erase(q);
-      Counters::Add(counters_.evictions);
+      Counters::Add(shard.counters.evictions);
       return true;
     }
     return false;
@@ -402,7 +410,6 @@ class MemoryStore final : public DedupStore {
   std::atomic<std::size_t> count_{0};
   std::atomic<std::size_t> version_count_{0};
   std::atomic<uint64_t> next_seq_{0};
-  Counters counters_;
 };
 
 }  // namespace

@@ -71,6 +71,23 @@ struct StoreCounters {
   }
 };
 
+// Adds `part` to `total`, field by field: a store that keeps counters per shard sums them.
+inline void Accumulate(StoreStats& total, const StoreStats& part) {
+  total.claims_acquired += part.claims_acquired;
+  total.takeovers += part.takeovers;
+  total.duplicates += part.duplicates;
+  total.in_progress += part.in_progress;
+  total.stale += part.stale;
+  total.conflicts += part.conflicts;
+  total.dead_lettered += part.dead_lettered;
+  total.completed += part.completed;
+  total.fenced += part.fenced;
+  total.retention_reclaims += part.retention_reclaims;
+  total.capacity_rejections += part.capacity_rejections;
+  total.evictions += part.evictions;
+  total.purged += part.purged;
+}
+
 }  // namespace idem::internal
 
 #endif  // IDEM_INTERNAL_STORE_COUNTERS_H_
