@@ -39,15 +39,16 @@ using internal::TokenToSql;
 using internal::TxnStatements;
 using internal::WriteTxn;
 
-// A claim is the first of these statements that decides, each one statement in the claim's
-// BEGIN IMMEDIATE transaction (nothing is read before a write):
-//  1. the fresh claim: an insert that does nothing when the id is held. It takes the common case
+// A claim, inside its BEGIN IMMEDIATE transaction:
+//  1. the fresh claim: an insert that does nothing when the id exists. It takes the common case
 //     (a new id) without RETURNING, which costs SQLite two temporary tables on every run, also
 //     when it returns nothing: sqlite3_changes() says whether it inserted, and then attempts is
 //     1 and the token and lease are the ones bound.
-//  2. when it inserted nothing, the takeover upsert decides on the held record;
-//  3. then the row is read: the attempts and claim_origin of a takeover, or why nothing was
-//     claimed.
+//  2. when it inserted nothing, one read of the row answers a duplicate, a conflict or a live
+//     claim at once;
+//  3. only a record that looks claimable goes on to the takeover upsert, whose own WHERE decides
+//     (the read above only spares a statement that would change nothing; no write depends on
+//     it), followed by a read of the attempts and claim_origin it wrote.
 // Each statement comes in two forms, chosen per request: without a version, the row is plain
 // VALUES; with one, it is a SELECT that yields no row when the version gate refuses the request
 // (then neither the insert nor the update happens). The gate inside the statement costs less
