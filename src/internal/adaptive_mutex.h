@@ -3,8 +3,9 @@
 // The in-memory store holds a shard's lock for a few hundred nanoseconds. A plain std::mutex
 // (glibc) parks a waiter in the kernel at once, so two threads meeting on a shard pay two context
 // switches for a wait far shorter than either; absl::Mutex spins, but Debian's build of it also
-// runs deadlock-cycle bookkeeping on every acquisition. This spins on try_lock for about a
-// microsecond, then blocks. Meets the Lockable requirements (std::lock_guard works).
+// runs deadlock-cycle bookkeeping on every acquisition. This tries the lock up to 100 times,
+// with a CPU pause between tries (a few microseconds at most), then blocks. Meets the Lockable
+// requirements (std::lock_guard works).
 #ifndef IDEM_INTERNAL_ADAPTIVE_MUTEX_H_
 #define IDEM_INTERNAL_ADAPTIVE_MUTEX_H_
 
