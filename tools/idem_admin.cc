@@ -17,14 +17,16 @@
 #include "absl/strings/str_format.h"
 #include "idem/open_store.h"
 
-ABSL_FLAG(std::string, store, "", "store URI, e.g. sqlite:///var/lib/app/idem.db or redis://host:6379/0");
+ABSL_FLAG(std::string, store, "",
+          "store URI, e.g. sqlite:///var/lib/app/idem.db or redis://host:6379/0");
 ABSL_FLAG(bool, hex, false, "read ID and KEY arguments as hexadecimal bytes");
 ABSL_FLAG(int64_t, limit, 0, "purge: delete at most this many records (0: no limit)");
 
 namespace {
 
 int Usage(const char* why) {
-  std::fprintf(stderr, "idem-admin: %s\n%s\n", why, std::string(absl::ProgramUsageMessage()).c_str());
+  std::fprintf(stderr, "idem-admin: %s\n%s\n", why,
+               std::string(absl::ProgramUsageMessage()).c_str());
   return 2;
 }
 
@@ -46,12 +48,32 @@ std::string Printable(std::string_view bytes) {
 
 }  // namespace
 
+// abseil ends on an unknown flag with exit status 1, which here means "the store failed"; a usage
+// error is 2, so flags are checked before abseil parses them.
+bool KnownFlags(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    std::string_view arg = argv[i];
+    if (arg == "--") break;
+    if (arg.size() < 2 || arg[0] != '-') continue;
+    arg.remove_prefix(arg[1] == '-' ? 2 : 1);
+    const std::string_view name = arg.substr(0, arg.find('='));
+    if (name != "store" && name != "hex" && name != "nohex" && name != "limit" && name != "help" &&
+        name != "helpfull") {
+      std::fprintf(stderr, "idem-admin: unknown flag --%.*s\n", static_cast<int>(name.size()),
+                   name.data());
+      return false;
+    }
+  }
+  return true;
+}
+
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "inspect and clean up an idem store\n"
       "  idem-admin --store URI inspect SCOPE ID\n"
       "  idem-admin --store URI version SCOPE KEY\n"
       "  idem-admin --store URI purge [--limit N]");
+  if (!KnownFlags(argc, argv)) return Usage("bad flag");
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   if (args.size() < 2) return Usage("missing command");
   const std::string uri = absl::GetFlag(FLAGS_store);

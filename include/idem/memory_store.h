@@ -36,7 +36,8 @@ struct MemoryStoreOptions {
   // Time source; nullptr means SteadyClock(). Not owned; must outlive the store.
   Clock* clock = nullptr;
   // Fencing token source; nullptr means a per-store random source. Tokens must be non-zero and
-  // unique per claim. Tests inject a counter for determinism.
+  // unique per claim. Tests inject a counter for determinism. It is called under a shard's lock:
+  // REQUIRES it does not call back into an idem store.
   std::function<uint64_t()> token_source;
 };
 

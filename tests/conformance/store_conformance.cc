@@ -634,6 +634,24 @@ TEST_P(StoreConformance, ProcessBatchGivesPerMessageOutcomesAndRunsEachHandlerOn
   }
 }
 
+TEST_P(StoreConformance, ProcessBatchWithTheSameIdTwiceRunsItOnce) {
+  IDEM_ASSERT_OK_AND_ASSIGN(Processor processor, Processor::Create(*store_, std::string(kScope)));
+  std::vector<Message> messages = {{.id = "twice", .payload = "p"},
+                                   {.id = "other", .payload = "q"},
+                                   {.id = "twice", .payload = "p"}};
+  int runs = 0;
+  auto out = processor.ProcessBatch(messages, [&](HandlerContext& c) {
+    if (c.message_id() == "twice") ++runs;
+  });
+  ASSERT_EQ(out.size(), 3u);
+  IDEM_ASSERT_OK(out[0]);
+  EXPECT_EQ(out[0]->outcome, Outcome::kProcessed);
+  IDEM_ASSERT_OK(out[2]);
+  EXPECT_EQ(out[2]->outcome, Outcome::kInProgress) << "the copy meets the batch's own claim";
+  EXPECT_EQ(runs, 1);
+  EXPECT_EQ(MustClaim("twice").status, ClaimStatus::kDuplicate);
+}
+
 TEST_P(StoreConformance, ProcessBatchRenewsLateClaimsAndSkipsOnesLostMeanwhile) {
   ManualClock batch_clock;  // what the processor measures the batch's duration with
   IDEM_ASSERT_OK_AND_ASSIGN(

@@ -19,6 +19,8 @@ set +e
 "$admin" --store "$db" inspect "bad scope" x 2>/dev/null; [ $? = 2 ] || fail "bad scope must exit 2"
 "$admin" --store "sqlite://host/x.db" purge 2>/dev/null; [ $? = 2 ] || fail "malformed URI must exit 2"
 "$admin" --store "$db" --hex inspect s zz 2>/dev/null; [ $? = 2 ] || fail "bad hex must exit 2"
+"$admin" --store "$db" --bogus=1 purge 2>/dev/null; [ $? = 2 ] || fail "unknown flag must exit 2"
+"$admin" purge 2>/dev/null; [ $? = 2 ] || fail "missing --store must exit 2"
 set -e
 "$admin" --store "$db" purge | grep -q '^purged 0$' || fail "purge"
 echo "idem-admin: all checks passed"

@@ -23,9 +23,37 @@
 #ifndef IDEM_BACKENDS_REDIS_SRC_REDIS_SCRIPTS_H_
 #define IDEM_BACKENDS_REDIS_SRC_REDIS_SCRIPTS_H_
 
+#include <array>
+#include <cstddef>
 #include <string_view>
 
 namespace idem::internal::redis {
+
+// Joins string constants at compile time, so that scripts can share Lua pieces (each script is
+// loaded on its own and cannot call another's functions).
+template <const std::string_view&... kParts>
+struct JoinedScript {
+  static constexpr auto kChars = [] {
+    std::array<char, (kParts.size() + ...)> out{};
+    std::size_t i = 0;
+    for (std::string_view part : {kParts...}) {
+      for (char c : part) out[i++] = c;
+    }
+    return out;
+  }();
+  static constexpr std::string_view kValue{kChars.data(), kChars.size()};
+};
+
+// version_ge(a, b): a >= b for two 20-digit versions, exact over the whole uint64 range. Shared by
+// the claim's early gate and the completion's atomic one, so that both compare the same way.
+inline constexpr std::string_view kVersionGe = R"lua(
+-- a >= b for two 20-digit versions, exact over the whole uint64 range.
+local function version_ge(a, b)
+  local a_high, b_high = tonumber(string.sub(a, 1, 10)), tonumber(string.sub(b, 1, 10))
+  if a_high ~= b_high then return a_high > b_high end
+  return tonumber(string.sub(a, 11, 20)) >= tonumber(string.sub(b, 11, 20))
+end
+)lua";
 
 // Claim, or take over a released or expired claim.
 //   KEYS[1]  the record
@@ -40,13 +68,7 @@ namespace idem::internal::redis {
 //   'in_progress'   extra = ms left in the live claim's lease
 //   'stale'         extra = the applied version (20 digits)
 //   'conflict', 'dead_lettered'
-inline constexpr std::string_view kClaimScript = R"lua(
--- a >= b for two 20-digit versions, exact over the whole uint64 range.
-local function version_ge(a, b)
-  local a_high, b_high = tonumber(string.sub(a, 1, 10)), tonumber(string.sub(b, 1, 10))
-  if a_high ~= b_high then return a_high > b_high end
-  return tonumber(string.sub(a, 11, 20)) >= tonumber(string.sub(b, 11, 20))
-end
+inline constexpr std::string_view kClaimBody = R"lua(
 local key, fresh, ttl, version = KEYS[1], ARGV[1], ARGV[2], ARGV[4]
 
 local old
@@ -116,7 +138,7 @@ return {'acquired', attempts, took_over}
 //   ARGV[4]  version (20 digits), with KEYS[2]
 // Reply: 1 completed, 2 stale (COMPLETED, the version not applied), 0 aborted (the token does
 // not own an IN_PROGRESS claim; nothing changed).
-inline constexpr std::string_view kCompleteScript = R"lua(
+inline constexpr std::string_view kCompleteBody = R"lua(
 local old = redis.call('GET', KEYS[1])
 if not old then return 0 end
 if #old < 23 or string.byte(old, 1) ~= 1 then
@@ -127,12 +149,6 @@ if string.sub(old, 2, 10) ~= ARGV[1] then return 0 end
 
 local outcome = 1
 if KEYS[2] then
-  -- a >= b for two 20-digit versions, exact over the whole uint64 range.
-  local function version_ge(a, b)
-    local a_high, b_high = tonumber(string.sub(a, 1, 10)), tonumber(string.sub(b, 1, 10))
-    if a_high ~= b_high then return a_high > b_high end
-    return tonumber(string.sub(a, 11, 20)) >= tonumber(string.sub(b, 11, 20))
-  end
   local applied = redis.call('GET', KEYS[2])
   if applied and version_ge(applied, ARGV[4]) then
     outcome = 2
@@ -189,6 +205,9 @@ local keep = struct.unpack('>I8', old, 15)
 redis.call('PEXPIRE', KEYS[1], string.format('%.0f', tonumber(ARGV[2]) + keep))
 return 1
 )lua";
+
+inline constexpr std::string_view kClaimScript = JoinedScript<kVersionGe, kClaimBody>::kValue;
+inline constexpr std::string_view kCompleteScript = JoinedScript<kVersionGe, kCompleteBody>::kValue;
 
 }  // namespace idem::internal::redis
 

@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "idem/open_store.h"
 #include "idem/store.h"
 #include "sqlite_test_util.h"
 #include "testing/status_matchers.h"
@@ -153,6 +154,19 @@ TEST_F(SqliteStoreTest, SynchronousOptionIsAppliedToTheConnection) {
     ASSERT_EQ(capture.opened().size(), 1u);
     EXPECT_EQ(QueryInt(capture.opened()[0], "PRAGMA synchronous"), pragma);
   }
+}
+
+TEST_F(SqliteStoreTest, UriOptionsReachTheConnection) {
+  ConnectionCapture capture;
+  IDEM_ASSERT_OK_AND_ASSIGN(
+      std::unique_ptr<DedupStore> store,
+      OpenStore(absl::StrCat("sqlite://", path_, "?synchronous=normal&busy_timeout_ms=1234")));
+  EXPECT_EQ(store->BackendName(), "sqlite");
+  ASSERT_EQ(capture.opened().size(), 1u);
+  EXPECT_EQ(QueryInt(capture.opened()[0], "PRAGMA synchronous"), 1);
+  EXPECT_EQ(QueryInt(capture.opened()[0], "PRAGMA busy_timeout"), 1234);
+  IDEM_ASSERT_OK_AND_ASSIGN(auto claim, store->Claim(ClaimOf("m-1")));
+  EXPECT_EQ(claim.status, ClaimStatus::kAcquired);
 }
 
 TEST_F(SqliteStoreTest, DefaultSynchronousIsFull) {

@@ -50,6 +50,7 @@ struct SqliteStoreOptions {
   // Time source; nullptr means SystemClock() (wall clock, shared by processes). Not owned.
   Clock* clock = nullptr;
   // Fencing token source; nullptr means a random source. Tokens must be non-zero, unique per claim.
+  // Called under the store's lock: REQUIRES it does not call back into an idem store.
   std::function<uint64_t()> token_source;
 };
 
