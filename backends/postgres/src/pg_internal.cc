@@ -338,7 +338,9 @@ absl::StatusOr<Tables> MakeTables(std::string_view schema, std::string_view pref
                 .versions = absl::StrCat(s, ".", Quote(p + "versions")),
                 .attempts = absl::StrCat(s, ".", Quote(p + "attempts")),
                 .meta = absl::StrCat(s, ".", Quote(p + "meta")),
-                .lock_name = absl::StrCat(internal::ToAbsl(schema), ".", p)};
+                .lock_name = absl::StrCat(internal::ToAbsl(schema), ".", p),
+                .schema_name = std::string(schema),
+                .prefix = p};
 }
 
 std::string Expand(std::string_view sql, const Tables& tables) {
@@ -411,13 +413,18 @@ absl::StatusOr<PgResultPtr> Exec(PGconn* conn, const std::string& sql, std::stri
 // The schema version recorded, 0 when idem's meta table does not exist.
 absl::StatusOr<int64_t> ReadSchemaVersion(PGconn* conn, const Tables& tables,
                                           std::string_view secret) {
-  // to_regclass takes the name as text: quote it as a literal (identifiers are plain).
-  const std::string literal = absl::StrReplaceAll(tables.meta, {{"'", "''"}});
+  // A scan of the catalog, not to_regclass: inside the migration transaction, after waiting for
+  // the advisory lock, the session's catalog cache may still hold "no such table" from before the
+  // wait; the first catalog lock this statement takes makes the session read the invalidations,
+  // and the scan sees what the previous lock holder committed. Names are plain identifiers.
   absl::StatusOr<PgResultPtr> exists =
-      Exec(conn, absl::StrCat("SELECT to_regclass('", literal, "') IS NOT NULL"),
+      Exec(conn,
+           absl::StrCat("SELECT count(*) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+                        "ON n.oid = c.relnamespace WHERE n.nspname = '",
+                        tables.schema_name, "' AND c.relname = '", tables.prefix, "meta'"),
            "read schema version", secret);
   if (!exists.ok()) return exists.status();
-  if (std::string_view(PQgetvalue(exists->get(), 0, 0)) != "t") return 0;
+  if (std::string_view(PQgetvalue(exists->get(), 0, 0)) == "0") return 0;
   absl::StatusOr<PgResultPtr> read = Exec(
       conn, absl::StrCat("SELECT value FROM ", tables.meta, " WHERE name = 'schema_version'"),
       "read schema version", secret);
@@ -477,10 +484,12 @@ absl::Status EnsureSchema(PGconn* conn, const Tables& tables, std::string_view s
   if (*found == kSchemaVersion) return absl::OkStatus();  // rolls back the empty transaction
 
   absl::StatusOr<PgResultPtr> has_schema =
-      Exec(conn, absl::StrCat("SELECT to_regnamespace('", tables.schema, "') IS NOT NULL"),
+      Exec(conn,
+           absl::StrCat("SELECT count(*) FROM pg_catalog.pg_namespace WHERE nspname = '",
+                        tables.schema_name, "'"),
            "migrate schema: find schema", secret);
   if (!has_schema.ok()) return has_schema.status();
-  if (std::string_view(PQgetvalue(has_schema->get(), 0, 0)) != "t") {
+  if (std::string_view(PQgetvalue(has_schema->get(), 0, 0)) == "0") {
     if (absl::StatusOr<PgResultPtr> r = Exec(conn, absl::StrCat("CREATE SCHEMA ", tables.schema),
                                              "migrate schema: create schema", secret);
         !r.ok()) {

@@ -159,6 +159,8 @@ struct Tables {
   std::string attempts;
   std::string meta;
   std::string lock_name;  // unquoted "schema.prefix", the advisory lock's key
+  std::string schema_name;  // unquoted
+  std::string prefix;       // unquoted
 };
 // InvalidArgument unless schema and prefix are plain identifiers (see PostgresStoreOptions).
 [[nodiscard]] absl::StatusOr<Tables> MakeTables(std::string_view schema, std::string_view prefix);
