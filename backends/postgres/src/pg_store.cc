@@ -411,10 +411,9 @@ class PostgresStore final : public DedupStore {
       }
     }
     if (valid.empty()) return out;
-    std::stable_sort(valid.begin(), valid.end(), [&](std::size_t a, std::size_t b) {
-      return std::tie(requests[a].scope, requests[a].id) <
-             std::tie(requests[b].scope, requests[b].id);
-    });
+    // Completions keep the caller's order: two of one version key in a batch raise the version in
+    // the order the handlers ran (the later, lower one is stale). A deadlock with another batch
+    // over the same keys (40P01) rolls back and is retried.
     struct Args {
       std::optional<std::string> fingerprint;
       std::string version;

@@ -79,7 +79,7 @@ TEST(PostgresUri, RedactionHidesUserinfoPasswordAndPasswordOption) {
       internal::RedactUriText("postgresql://app:s3cr%40t@h:5432/db?password=other&sslmode=require");
   EXPECT_EQ(redacted.find("s3cr"), std::string::npos) << redacted;
   EXPECT_EQ(redacted.find("other"), std::string::npos) << redacted;
-  EXPECT_NE(redacted.find("app:***@h:5432/db"), std::string::npos) << redacted;
+  EXPECT_NE(redacted.find("@h:5432/db"), std::string::npos) << redacted;
 }
 
 TEST(PostgresUri, BadOptionsAreRefusedBeforeConnecting) {
