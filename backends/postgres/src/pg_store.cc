@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "idem/postgres_store.h"
@@ -38,6 +39,7 @@
 namespace idem {
 namespace {
 
+using internal::pg::ArrayBuilder;
 using internal::pg::Call;
 using internal::pg::DedupRow;
 using internal::pg::GetBytea;
@@ -45,9 +47,12 @@ using internal::pg::GetInt2;
 using internal::pg::GetInt4;
 using internal::pg::GetInt8;
 using internal::pg::IsNull;
+using internal::pg::kByteaArrayOid;
 using internal::pg::kByteaOid;
 using internal::pg::kInt4Oid;
+using internal::pg::kInt8ArrayOid;
 using internal::pg::kInt8Oid;
+using internal::pg::kTextArrayOid;
 using internal::pg::kTextOid;
 using internal::pg::Params;
 using internal::pg::PgConnPtr;
@@ -170,11 +175,92 @@ LEFT JOIN {dedup} AS d ON d.scope = $1 AND d.id = $2
 LEFT JOIN {versions} AS v ON v.scope = $1 AND v.key = $3
 )sql";
 
+// Batches bind one array per column and run one statement for all their entries (the per-entry
+// statements above cost the server a bind and an execution each, which dominates a batch). The
+// same decisions, row by row:
+//
+// The claim of a batch: kClaimSql over the rows of the arrays, in their order (the caller sorts
+// them, so that batches lock rows in one order). `excluded` carries every per-entry value the
+// takeover's WHERE needs except max_attempts, which is therefore one value per statement ($6): a
+// batch mixing several runs one statement per value. No id appears twice in one statement (ON
+// CONFLICT DO UPDATE may not touch a row twice): a repeated id goes to a later statement of the
+// same transaction, which sees the earlier one's claim. RETURNING names the claimed rows.
+//   $1 scope[]  $2 id[]  $3 token[]  $4 lease ms[]  $5 fingerprint[]  $6 max_attempts
+//   $7 version key[] (NULL elements: none)  $8 version[]  $9 retention ms
+constexpr char kClaimBatchSql[] = R"sql(
+INSERT INTO {dedup} AS d (scope, id, status, token, lease_until, attempts, fingerprint, result,
+                          expires_at, claim_origin)
+SELECT i.scope, i.id, 0, i.token, n.now + i.lease, 1, i.fingerprint, NULL, n.now + i.lease + $9, 0
+FROM unnest($1::text[], $2::bytea[], $3::int8[], $4::int8[], $5::bytea[], $7::bytea[],
+            $8::bytea[]) AS i(scope, id, token, lease, fingerprint, vkey, version),
+     (SELECT {now} AS now) AS n
+WHERE i.vkey IS NULL OR NOT EXISTS (
+  SELECT 1 FROM {versions} AS v WHERE v.scope = i.scope AND v.key = i.vkey AND v.version >= i.version)
+ON CONFLICT (scope, id) DO UPDATE SET
+  status = 0,
+  token = excluded.token,
+  lease_until = excluded.lease_until,
+  expires_at = excluded.expires_at,
+  attempts = CASE WHEN d.status = 2 THEN 1 ELSE d.attempts + 1 END,
+  fingerprint = CASE WHEN d.status = 2 THEN excluded.fingerprint
+                     ELSE coalesce(d.fingerprint, excluded.fingerprint) END,
+  result = NULL,
+  claim_origin = CASE d.status WHEN 2 THEN 3 WHEN 1 THEN 1 ELSE 2 END
+WHERE NOT (excluded.fingerprint IS NOT NULL AND d.fingerprint IS NOT NULL
+           AND d.fingerprint <> excluded.fingerprint)
+  AND ((d.status = 2 AND d.expires_at <= {now})
+       OR ((d.status = 1 OR (d.status = 0 AND d.lease_until <= {now}))
+           AND ($6 = 0 OR d.attempts < $6)))
+RETURNING d.scope, d.id, attempts, claim_origin, lease_until
+)sql";
+
+// The classifying read of a batch's claim statement, pipelined right after it: a statement of its
+// own, so a new snapshot that sees rows inserted concurrently (kClassifySql's reason), one row
+// per entry in the arrays' order.
+//   $1 scope[]  $2 id[]  $3 version key[]
+constexpr char kClassifyBatchSql[] = R"sql(
+SELECT n.now, d.status, d.token, d.lease_until, d.attempts, d.fingerprint, d.result,
+       d.expires_at, v.version
+FROM unnest($1::text[], $2::bytea[], $3::bytea[]) WITH ORDINALITY AS i(scope, id, vkey, ord)
+CROSS JOIN (SELECT {now} AS now) AS n
+LEFT JOIN {dedup} AS d ON d.scope = i.scope AND d.id = i.id
+LEFT JOIN {versions} AS v ON v.scope = i.scope AND v.key = i.vkey
+ORDER BY i.ord
+)sql";
+
+// The completions of a batch: kCompleteSql over the rows of the arrays. No id and no version key
+// appears twice in one statement (the caller puts a later one in a later statement, keeping the
+// order in which the handlers ran). Returns (entry's 1-based position, version raised 0/1) for
+// each entry whose fenced update matched; an entry without a row lost its claim.
+//   $1 scope[]  $2 id[]  $3 token[]  $4 retention ms[]  $5 result[]  $6 fingerprint[]
+//   $7 version key[]  $8 version[]
+constexpr char kCompleteBatchSql[] = R"sql(
+WITH c AS (
+  UPDATE {dedup} AS d SET status = 2, lease_until = 0, expires_at = {now} + i.retention,
+    result = coalesce(i.result, d.result), fingerprint = coalesce(d.fingerprint, i.fingerprint)
+  FROM unnest($1::text[], $2::bytea[], $3::int8[], $4::int8[], $5::bytea[], $6::bytea[],
+              $7::bytea[], $8::bytea[])
+       WITH ORDINALITY AS i(scope, id, token, retention, result, fingerprint, vkey, version, ord)
+  WHERE d.scope = i.scope AND d.id = i.id AND d.status = 0 AND d.token = i.token
+  RETURNING i.ord, i.scope, i.vkey, i.version),
+v AS (
+  INSERT INTO {versions} AS x (scope, key, version)
+  SELECT scope, vkey, version FROM c WHERE vkey IS NOT NULL
+  ON CONFLICT (scope, key) DO UPDATE SET version = excluded.version
+  WHERE x.version < excluded.version
+  RETURNING x.scope, x.key)
+SELECT c.ord::int8, CASE WHEN v.key IS NULL THEN 0 ELSE 1 END::int8
+FROM c LEFT JOIN v ON v.scope = c.scope AND v.key = c.vkey
+)sql";
+
 struct Statements {
   Statement claim, classify, classify_single, complete, release, extend, purge, version, inspect;
+  Statement claim_batch, classify_batch, complete_batch;
 
   std::vector<const Statement*> All() const {
-    return {&claim, &classify, &classify_single, &complete, &release, &extend, &purge, &version, &inspect};
+    return {&claim,   &classify, &classify_single, &complete,       &release,
+            &extend,  &purge,    &version,         &inspect,        &claim_batch,
+            &classify_batch, &complete_batch};
   }
 };
 
@@ -199,6 +285,14 @@ Statements MakeStatements(const internal::pg::Tables& t) {
       .purge = make("purge", kPurgeSql, {kInt8Oid}),
       .version = make("version", kVersionSql, {kTextOid, kByteaOid}),
       .inspect = make("inspect", kInspectSql, {kTextOid, kByteaOid}),
+      .claim_batch = make("claim_batch", kClaimBatchSql,
+                          {kTextArrayOid, kByteaArrayOid, kInt8ArrayOid, kInt8ArrayOid,
+                           kByteaArrayOid, kInt4Oid, kByteaArrayOid, kByteaArrayOid, kInt8Oid}),
+      .classify_batch = make("classify_batch", kClassifyBatchSql,
+                             {kTextArrayOid, kByteaArrayOid, kByteaArrayOid}),
+      .complete_batch = make("complete_batch", kCompleteBatchSql,
+                             {kTextArrayOid, kByteaArrayOid, kInt8ArrayOid, kInt8ArrayOid,
+                              kByteaArrayOid, kByteaArrayOid, kByteaArrayOid, kByteaArrayOid}),
   };
 }
 
@@ -294,6 +388,16 @@ class Pool {
   std::size_t open_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
+// What a claim's upsert returned for a record it took.
+struct Claimed {
+  int32_t attempts = 0;
+  int16_t origin = 0;
+  int64_t lease_until = 0;
+};
+
+// (scope, id), or (scope, version key): what two entries of one batch statement must not share.
+using EntryKey = std::pair<std::string_view, std::string_view>;
+
 struct ClaimOutcome {
   ClaimResult result;
   bool retention_reclaim = false;
@@ -345,6 +449,11 @@ class PostgresStore final : public DedupStore {
              std::tie(requests[b].scope, requests[b].id);
     });
 
+    if (valid.size() > 1) {
+      ClaimArrays(requests, valid, out);
+      return out;
+    }
+
     std::vector<ClaimArgs> args(valid.size());
     std::vector<Call> calls;
     calls.reserve(2 * valid.size());
@@ -376,8 +485,15 @@ class PostgresStore final : public DedupStore {
     absl::Status failure = Run(calls, "claim", [&](const std::vector<PgResultPtr>& results) {
       outcomes.clear();
       for (std::size_t k = 0; k < valid.size(); ++k) {
+        const PGresult* claim = results[2 * k].get();
+        std::optional<Claimed> claimed;
+        if (PQntuples(claim) == 1) {
+          claimed = Claimed{.attempts = GetInt4(claim, 0, 0),
+                            .origin = GetInt2(claim, 0, 1),
+                            .lease_until = GetInt8(claim, 0, 2)};
+        }
         absl::StatusOr<ClaimOutcome> o =
-            Decode(requests[valid[k]], args[k], results[2 * k].get(), results[2 * k + 1].get());
+            Decode(requests[valid[k]], args[k], claimed, results[2 * k + 1].get(), 0);
         if (!o.ok()) return o.status();
         outcomes.push_back(*std::move(o));
       }
@@ -411,6 +527,10 @@ class PostgresStore final : public DedupStore {
       }
     }
     if (valid.empty()) return out;
+    if (valid.size() > 1) {
+      CompleteArrays(requests, valid, out);
+      return out;
+    }
     // Completions keep the caller's order: two of one version key in a batch raise the version in
     // the order the handlers ran (the later, lower one is stale). A deadlock with another batch
     // over the same keys (40P01) rolls back and is retried.
@@ -595,6 +715,226 @@ class PostgresStore final : public DedupStore {
                      " refused: the token no longer owns the claim (lease lost)"));
   }
 
+  // A claim batch of several entries (`valid`: indexes into `requests`, sorted by scope and id):
+  // one upsert over arrays and its classifying read per group, all pipelined, one transaction.
+  // Groups: the n-th delivery of an id in the batch goes to the n-th round (rounds run in order,
+  // each sees what the earlier claimed), and within a round one group per max_attempts value.
+  void ClaimArrays(std::span<const ClaimRequest> requests, const std::vector<std::size_t>& valid,
+                   std::vector<absl::StatusOr<ClaimResult>>& out) {
+    struct Group {
+      int round = 0;
+      int32_t max_attempts = 0;
+      std::vector<std::size_t> members;  // positions in `valid`, sorted
+      std::string scopes, ids, tokens, leases, fingerprints, keys, versions;  // encoded arrays
+      Params claim, classify;
+    };
+    std::vector<ClaimArgs> args(valid.size());
+    std::vector<Group> groups;
+    {
+      absl::flat_hash_map<EntryKey, int> deliveries;
+      absl::flat_hash_map<std::pair<int, int32_t>, std::size_t> group_of;
+      for (std::size_t k = 0; k < valid.size(); ++k) {
+        const ClaimRequest& r = requests[valid[k]];
+        const int round = deliveries[EntryKey(r.scope, r.id)]++;
+        const int32_t max_attempts =
+            static_cast<int32_t>(std::min<uint32_t>(r.max_attempts, INT32_MAX));
+        auto [it, added] = group_of.try_emplace(std::pair(round, max_attempts), groups.size());
+        if (added) groups.push_back(Group{.round = round, .max_attempts = max_attempts});
+        groups[it->second].members.push_back(k);
+      }
+    }
+    // A later round after every earlier one, whatever order the groups were met in.
+    std::stable_sort(groups.begin(), groups.end(),
+                     [](const Group& a, const Group& b) { return a.round < b.round; });
+
+    std::vector<Call> calls;
+    calls.reserve(2 * groups.size());
+    for (Group& g : groups) {
+      ArrayBuilder scopes(kTextOid), ids(kByteaOid), tokens(kInt8Oid), leases(kInt8Oid),
+          fingerprints(kByteaOid), keys(kByteaOid), versions(kByteaOid);
+      for (std::size_t k : g.members) {
+        const ClaimRequest& r = requests[valid[k]];
+        ClaimArgs& a = args[k];
+        a.token = options_.token_source();
+        if (r.fingerprint) a.fingerprint = internal::pg::EncodeFingerprint(*r.fingerprint);
+        scopes.Bytes(r.scope);
+        ids.Bytes(r.id);
+        tokens.Int8(TokenToSql(a.token));
+        leases.Int8(r.lease.count());
+        fingerprints.OptionalBytes(a.fingerprint);
+        if (r.version) {
+          keys.Bytes(r.version->key);
+          versions.Bytes(internal::pg::EncodeVersion(r.version->version));
+        } else {
+          keys.Null();
+          versions.Null();
+        }
+      }
+      g.scopes = scopes.Encoded();
+      g.ids = ids.Encoded();
+      g.tokens = tokens.Encoded();
+      g.leases = leases.Encoded();
+      g.fingerprints = fingerprints.Encoded();
+      g.keys = keys.Encoded();
+      g.versions = versions.Encoded();
+      g.claim.Array(g.scopes, kTextArrayOid).Array(g.ids, kByteaArrayOid);
+      g.claim.Array(g.tokens, kInt8ArrayOid).Array(g.leases, kInt8ArrayOid);
+      g.claim.Array(g.fingerprints, kByteaArrayOid).Int4(g.max_attempts);
+      g.claim.Array(g.keys, kByteaArrayOid).Array(g.versions, kByteaArrayOid).Int8(Retention());
+      g.classify.Array(g.scopes, kTextArrayOid).Array(g.ids, kByteaArrayOid);
+      g.classify.Array(g.keys, kByteaArrayOid);
+      calls.push_back(Call{&st_->claim_batch, &g.claim});
+      calls.push_back(Call{&st_->classify_batch, &g.classify});
+    }
+
+    std::vector<ClaimOutcome> outcomes(valid.size());
+    absl::Status failure = Run(calls, "claim", [&](const std::vector<PgResultPtr>& results) {
+      for (std::size_t gi = 0; gi < groups.size(); ++gi) {
+        const Group& g = groups[gi];
+        const PGresult* claim = results[2 * gi].get();
+        const PGresult* classify = results[2 * gi + 1].get();
+        if (PQntuples(classify) != static_cast<int>(g.members.size())) {
+          return absl::InternalError("postgres: classify returned a row count unlike the batch");
+        }
+        // The claimed rows, by (scope, id): unique within a group.
+        absl::flat_hash_map<EntryKey, int> claimed_row;
+        for (int row = 0; row < PQntuples(claim); ++row) {
+          claimed_row.emplace(
+              EntryKey(std::string_view(PQgetvalue(claim, row, 0), PQgetlength(claim, row, 0)),
+                       std::string_view(PQgetvalue(claim, row, 1), PQgetlength(claim, row, 1))),
+              row);
+        }
+        for (std::size_t m = 0; m < g.members.size(); ++m) {
+          const std::size_t k = g.members[m];
+          const ClaimRequest& r = requests[valid[k]];
+          std::optional<Claimed> claimed;
+          if (auto it = claimed_row.find(EntryKey(r.scope, r.id)); it != claimed_row.end()) {
+            claimed = Claimed{.attempts = GetInt4(claim, it->second, 2),
+                              .origin = GetInt2(claim, it->second, 3),
+                              .lease_until = GetInt8(claim, it->second, 4)};
+          }
+          absl::StatusOr<ClaimOutcome> o =
+              Decode(r, args[k], claimed, classify, static_cast<int>(m));
+          if (!o.ok()) return o.status();
+          outcomes[k] = *std::move(o);
+        }
+      }
+      return absl::OkStatus();
+    });
+    for (std::size_t k = 0; k < valid.size(); ++k) {
+      if (!failure.ok()) {
+        out[valid[k]] = failure;
+      } else {
+        counters_.CountClaim(outcomes[k].result, outcomes[k].retention_reclaim);
+        out[valid[k]] = std::move(outcomes[k].result);
+      }
+    }
+  }
+
+  // A completion batch of several entries (`valid`: indexes into `requests`, the caller's order):
+  // one statement over arrays per round, all pipelined, one transaction. An entry goes to the
+  // round after the last one holding its id or its version key, so that entries sharing either
+  // run in the caller's order (the later, lower version of a key is stale).
+  void CompleteArrays(std::span<const CompleteRequest> requests,
+                      const std::vector<std::size_t>& valid,
+                      std::vector<absl::StatusOr<CompleteStatus>>& out) {
+    struct Round {
+      std::vector<std::size_t> members;  // positions in `valid`, the caller's order
+      std::string scopes, ids, tokens, retentions, results, fingerprints, keys, versions;
+      Params params;
+    };
+    std::vector<Round> rounds;
+    {
+      absl::flat_hash_map<EntryKey, int> last_id, last_key;
+      for (std::size_t k = 0; k < valid.size(); ++k) {
+        const CompleteRequest& r = requests[valid[k]];
+        int round = 0;
+        if (auto it = last_id.find(EntryKey(r.scope, r.id)); it != last_id.end()) {
+          round = it->second + 1;
+        }
+        if (r.version) {
+          if (auto it = last_key.find(EntryKey(r.scope, r.version->key)); it != last_key.end()) {
+            round = std::max(round, it->second + 1);
+          }
+          last_key[EntryKey(r.scope, r.version->key)] = round;
+        }
+        last_id[EntryKey(r.scope, r.id)] = round;
+        if (static_cast<std::size_t>(round) >= rounds.size()) rounds.resize(round + 1);
+        rounds[round].members.push_back(k);
+      }
+    }
+    std::vector<Call> calls;
+    calls.reserve(rounds.size());
+    for (Round& round : rounds) {
+      ArrayBuilder scopes(kTextOid), ids(kByteaOid), tokens(kInt8Oid), retentions(kInt8Oid),
+          results(kByteaOid), fingerprints(kByteaOid), keys(kByteaOid), versions(kByteaOid);
+      for (std::size_t k : round.members) {
+        const CompleteRequest& r = requests[valid[k]];
+        scopes.Bytes(r.scope);
+        ids.Bytes(r.id);
+        tokens.Int8(TokenToSql(r.token));
+        retentions.Int8(r.retention.count() > 0 ? r.retention.count() : Retention());
+        results.OptionalBytes(r.result);
+        if (r.fingerprint) {
+          fingerprints.Bytes(internal::pg::EncodeFingerprint(*r.fingerprint));
+        } else {
+          fingerprints.Null();
+        }
+        if (r.version) {
+          keys.Bytes(r.version->key);
+          versions.Bytes(internal::pg::EncodeVersion(r.version->version));
+        } else {
+          keys.Null();
+          versions.Null();
+        }
+      }
+      round.scopes = scopes.Encoded();
+      round.ids = ids.Encoded();
+      round.tokens = tokens.Encoded();
+      round.retentions = retentions.Encoded();
+      round.results = results.Encoded();
+      round.fingerprints = fingerprints.Encoded();
+      round.keys = keys.Encoded();
+      round.versions = versions.Encoded();
+      round.params.Array(round.scopes, kTextArrayOid).Array(round.ids, kByteaArrayOid);
+      round.params.Array(round.tokens, kInt8ArrayOid).Array(round.retentions, kInt8ArrayOid);
+      round.params.Array(round.results, kByteaArrayOid);
+      round.params.Array(round.fingerprints, kByteaArrayOid);
+      round.params.Array(round.keys, kByteaArrayOid).Array(round.versions, kByteaArrayOid);
+      calls.push_back(Call{&st_->complete_batch, &round.params});
+    }
+    // nullopt: the entry's token no longer owns its claim (its update matched nothing).
+    std::vector<std::optional<CompleteStatus>> done(valid.size());
+    absl::Status failure = Run(calls, "complete", [&](const std::vector<PgResultPtr>& results) {
+      std::fill(done.begin(), done.end(), std::nullopt);
+      for (std::size_t ri = 0; ri < rounds.size(); ++ri) {
+        const Round& round = rounds[ri];
+        const PGresult* r = results[ri].get();
+        for (int row = 0; row < PQntuples(r); ++row) {
+          const int64_t position = GetInt8(r, row, 0);
+          if (position < 1 || position > static_cast<int64_t>(round.members.size())) {
+            return absl::InternalError("postgres: complete returned an unknown entry");
+          }
+          const std::size_t k = round.members[position - 1];
+          done[k] = requests[valid[k]].version && GetInt8(r, row, 1) == 0
+                        ? CompleteStatus::kStale
+                        : CompleteStatus::kCompleted;
+        }
+      }
+      return absl::OkStatus();
+    });
+    for (std::size_t k = 0; k < valid.size(); ++k) {
+      if (!failure.ok()) {
+        out[valid[k]] = failure;
+      } else if (!done[k]) {
+        out[valid[k]] = Fenced("complete");
+      } else {
+        counters_.CountCompletion(*done[k]);
+        out[valid[k]] = *done[k];
+      }
+    }
+  }
+
   // Runs `calls` as one pipeline on a pooled connection and hands the results to `decode`, which
   // may run again if the transaction is retried. A server error in any call fails the whole call
   // (the implicit transaction rolled back); 40001 and 40P01 are retried.
@@ -629,30 +969,35 @@ class PostgresStore final : public DedupStore {
   }
 
   // The outcome of one claim from its upsert's RETURNING and its classifying read.
+  // `claimed`: the row the claim's upsert returned, if it took the record; otherwise `row` of
+  // `classify` is the classifying read's.
   [[nodiscard]] absl::StatusOr<ClaimOutcome> Decode(const ClaimRequest& request,
-                                                    const ClaimArgs& args, const PGresult* claim,
-                                                    const PGresult* classify) {
-    if (PQntuples(claim) == 1) {
-      const int origin = GetInt2(claim, 0, 1);
+                                                    const ClaimArgs& args,
+                                                    const std::optional<Claimed>& claimed,
+                                                    const PGresult* classify, int row_index) {
+    if (claimed) {
       return ClaimOutcome{
           .result = ClaimResult{.status = ClaimStatus::kAcquired,
                                 .token = args.token,
-                                .attempt = static_cast<uint32_t>(GetInt4(claim, 0, 0)),
-                                .lease_until_ms = GetInt8(claim, 0, 2),
-                                .took_over = origin == internal::pg::kOriginTakeover},
-          .retention_reclaim = origin == internal::pg::kOriginRetention};
+                                .attempt = static_cast<uint32_t>(claimed->attempts),
+                                .lease_until_ms = claimed->lease_until,
+                                .took_over = claimed->origin == internal::pg::kOriginTakeover},
+          .retention_reclaim = claimed->origin == internal::pg::kOriginRetention};
     }
-    if (PQntuples(classify) != 1) return absl::InternalError("postgres: classify returned no row");
-    const int64_t now = GetInt8(classify, 0, 0);
+    if (PQntuples(classify) <= row_index) {
+      return absl::InternalError("postgres: classify returned no row");
+    }
+    const int i = row_index;
+    const int64_t now = GetInt8(classify, i, 0);
     std::optional<DedupRow> row;
-    if (!IsNull(classify, 0, 1)) {
-      row = DedupRow{.status = GetInt2(classify, 0, 1),
-                     .token = internal::pg::TokenFromSql(GetInt8(classify, 0, 2)),
-                     .lease_until = GetInt8(classify, 0, 3),
-                     .attempts = static_cast<uint32_t>(GetInt4(classify, 0, 4)),
-                     .fingerprint = GetBytea(classify, 0, 5),
-                     .result = GetBytea(classify, 0, 6),
-                     .expires_at = GetInt8(classify, 0, 7)};
+    if (!IsNull(classify, i, 1)) {
+      row = DedupRow{.status = GetInt2(classify, i, 1),
+                     .token = internal::pg::TokenFromSql(GetInt8(classify, i, 2)),
+                     .lease_until = GetInt8(classify, i, 3),
+                     .attempts = static_cast<uint32_t>(GetInt4(classify, i, 4)),
+                     .fingerprint = GetBytea(classify, i, 5),
+                     .result = GetBytea(classify, i, 6),
+                     .expires_at = GetInt8(classify, i, 7)};
     }
     std::optional<std::string_view> fingerprint;
     if (args.fingerprint) fingerprint = *args.fingerprint;
@@ -661,9 +1006,9 @@ class PostgresStore final : public DedupStore {
         return ClaimOutcome{.result = *std::move(held)};
       }
     }
-    if (request.version && !IsNull(classify, 0, 8)) {
+    if (request.version && !IsNull(classify, i, 8)) {
       absl::StatusOr<uint64_t> applied =
-          internal::pg::DecodeVersion(GetBytea(classify, 0, 8).value_or(""));
+          internal::pg::DecodeVersion(GetBytea(classify, i, 8).value_or(""));
       if (!applied.ok()) return applied.status();
       if (*applied >= request.version->version) {
         return ClaimOutcome{
