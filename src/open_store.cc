@@ -75,7 +75,7 @@ absl::Status UnknownOption(std::string_view scheme, std::string_view name) {
       absl::StrCat("unknown option '", std::string(name), "' for ", std::string(scheme), ": URIs"));
 }
 
-absl::StatusOr<std::unique_ptr<DedupStore>> OpenMemory(std::string_view rest, const Query& query) {
+absl::StatusOr<MemoryStoreOptions> MemoryOptions(std::string_view rest, const Query& query) {
   if (!rest.empty()) {
     return absl::InvalidArgumentError(
         "memory: URIs take no path (use 'memory:' or 'memory:?capacity=N')");
@@ -97,11 +97,11 @@ absl::StatusOr<std::unique_ptr<DedupStore>> OpenMemory(std::string_view rest, co
       return UnknownOption("memory", name);
     }
   }
-  return NewMemoryStore(std::move(options));
+  return options;
 }
 
 #if IDEM_HAVE_SQLITE
-absl::StatusOr<std::unique_ptr<DedupStore>> OpenSqlite(std::string_view rest, const Query& query) {
+absl::StatusOr<SqliteStoreOptions> SqliteOptions(std::string_view rest, const Query& query) {
   std::string_view path = rest;
   if (path.substr(0, 2) == "//") {
     // sqlite:///abs/path: an empty authority, then an absolute path.
@@ -138,11 +138,46 @@ absl::StatusOr<std::unique_ptr<DedupStore>> OpenSqlite(std::string_view rest, co
       return UnknownOption("sqlite", name);
     }
   }
-  return NewSqliteStore(std::move(options));
+  return options;
 }
 #endif
 
+// Splits "scheme:rest?query" for the memory: and sqlite: schemes.
+absl::Status Split(std::string_view uri, std::string_view scheme, std::string_view* rest,
+                   Query* query) {
+  const std::size_t colon = uri.find(':');
+  if (colon == std::string_view::npos ||
+      absl::AsciiStrToLower(internal::ToAbsl(uri.substr(0, colon))) != scheme) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("not a ", std::string(scheme), ": URI"));
+  }
+  *rest = uri.substr(colon + 1);
+  std::string_view query_text;
+  if (const std::size_t q = rest->find('?'); q != std::string_view::npos) {
+    query_text = rest->substr(q + 1);
+    *rest = rest->substr(0, q);
+  }
+  IDEM_ASSIGN_OR_RETURN(*query, ParseQuery(query_text));
+  return absl::OkStatus();
+}
+
 }  // namespace
+
+absl::StatusOr<MemoryStoreOptions> ParseMemoryUri(std::string_view uri) {
+  std::string_view rest;
+  Query query;
+  if (absl::Status s = Split(uri, "memory", &rest, &query); !s.ok()) return s;
+  return MemoryOptions(rest, query);
+}
+
+#if IDEM_HAVE_SQLITE
+absl::StatusOr<SqliteStoreOptions> ParseSqliteUri(std::string_view uri) {
+  std::string_view rest;
+  Query query;
+  if (absl::Status s = Split(uri, "sqlite", &rest, &query); !s.ok()) return s;
+  return SqliteOptions(rest, query);
+}
+#endif
 
 // Masks the password of a userinfo ("user:secret@host") and of a "password=" query option.
 std::string RedactUri(std::string_view uri) {
@@ -170,7 +205,8 @@ std::string RedactUri(std::string_view uri) {
   return out;
 }
 
-absl::StatusOr<std::unique_ptr<DedupStore>> OpenStore(std::string_view uri) {
+absl::StatusOr<std::unique_ptr<DedupStore>> OpenStore(std::string_view uri,
+                                                      const OpenOptions& open_options) {
   const std::size_t colon = uri.find(':');
   if (uri.empty() || colon == std::string_view::npos || colon == 0) {
     return absl::InvalidArgumentError(
@@ -196,10 +232,18 @@ absl::StatusOr<std::unique_ptr<DedupStore>> OpenStore(std::string_view uri) {
   }
   IDEM_ASSIGN_OR_RETURN(const Query query, ParseQuery(query_text));
 
-  if (scheme == "memory") return OpenMemory(rest, query);
+  if (scheme == "memory") {
+    IDEM_ASSIGN_OR_RETURN(MemoryStoreOptions options, MemoryOptions(rest, query));
+    options.clock = open_options.clock;
+    options.token_source = open_options.token_source;
+    return NewMemoryStore(std::move(options));
+  }
   if (scheme == "sqlite") {
 #if IDEM_HAVE_SQLITE
-    return OpenSqlite(rest, query);
+    IDEM_ASSIGN_OR_RETURN(SqliteStoreOptions options, SqliteOptions(rest, query));
+    options.clock = open_options.clock;
+    options.token_source = open_options.token_source;
+    return NewSqliteStore(std::move(options));
 #else
     return absl::UnimplementedError(
         "sqlite: URIs need the SQLite backend, which this build of idem does not have");

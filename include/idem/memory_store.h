@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <string_view>
 
 #include "idem/store.h"
 #include "idem/types.h"
@@ -44,6 +45,10 @@ struct MemoryStoreOptions {
 // REQUIRES: options.capacity > 0. Returns InvalidArgument for a bad option.
 [[nodiscard]] absl::StatusOr<std::unique_ptr<DedupStore>> NewMemoryStore(
     MemoryStoreOptions options = {});
+
+// The options a memory: URI names (memory:?capacity=N&evict=1&retention_ms=N), as OpenStore reads
+// them. InvalidArgument for a malformed URI or an unknown option. Defined in idem::open.
+[[nodiscard]] absl::StatusOr<MemoryStoreOptions> ParseMemoryUri(std::string_view uri);
 
 }  // namespace idem
 

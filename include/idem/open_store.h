@@ -19,11 +19,13 @@
 #include <string_view>
 
 #include "absl/status/statusor.h"
+#include "idem/open_options.h"
 #include "idem/store.h"
 
 namespace idem {
 
-[[nodiscard]] absl::StatusOr<std::unique_ptr<DedupStore>> OpenStore(std::string_view uri);
+[[nodiscard]] absl::StatusOr<std::unique_ptr<DedupStore>> OpenStore(
+    std::string_view uri, const OpenOptions& options = {});
 
 // The URI with any password replaced by "***", for logs.
 std::string RedactUri(std::string_view uri);

@@ -60,6 +60,11 @@ struct SqliteStoreOptions {
 [[nodiscard]] absl::StatusOr<std::unique_ptr<DedupStore>> NewSqliteStore(
     SqliteStoreOptions options);
 
+// The options a sqlite: URI names (path percent-decoded, ?synchronous=, ?busy_timeout_ms=,
+// ?retention_ms=), as OpenStore reads them. InvalidArgument for a malformed URI or an unknown
+// option. Defined in idem::open.
+[[nodiscard]] absl::StatusOr<SqliteStoreOptions> ParseSqliteUri(std::string_view uri);
+
 // The schema version this build writes.
 int SqliteSchemaVersion();
 
