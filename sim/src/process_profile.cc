@@ -115,7 +115,14 @@ class ChildConsumer {
   int Run();
 
  private:
-  [[noreturn]] void Die() {
+  // Logs the crash point, and that it cut short every run of the batch that had started its
+  // effect and not completed (their next runs are explained by it), then dies as a process
+  // does: no cleanup reaches the store.
+  [[noreturn]] void CrashAt(int64_t message, uint64_t token, Fault fault) {
+    log_->FaultInjected(message, token, fault);
+    for (const internal::CallContext::InHand& h : ctx_.in_hand) {
+      if (h.ran && h.token != token) log_->RunFaulted(h.token);
+    }
     kill(getpid(), SIGKILL);
     while (true) pause();
   }
@@ -224,24 +231,15 @@ void ChildConsumer::HandleBatch(
     handles.push_back(handle);
     ctx_.in_hand.push_back({.id = m.id, .message = message, .fault = fault});
     messages.push_back(Message{.id = m.id, .payload = m.payload, .version = StampOf(m)});
-    if (fault == Fault::kCrashBeforeClaim) {
-      log_->FaultInjected(message, 0, fault);
-      Die();
-    }
+    if (fault == Fault::kCrashBeforeClaim) CrashAt(message, 0, fault);
   }
   auto run = [&](internal::CallContext::InHand& it, uint64_t token, auto&& effect) {
-    if (it.fault == Fault::kCrashAfterClaim) {
-      log_->FaultInjected(it.message, token, it.fault);
-      Die();
-    }
+    if (it.fault == Fault::kCrashAfterClaim) CrashAt(it.message, token, it.fault);
     it.token = token;
     it.ran = true;
     log_->HandlerRan(it.message, token, time_.Now());
     effect();
-    if (it.fault == Fault::kCrashAfterEffect) {
-      log_->FaultInjected(it.message, token, it.fault);
-      Die();
-    }
+    if (it.fault == Fault::kCrashAfterEffect) CrashAt(it.message, token, it.fault);
     if (it.fault == Fault::kPauseBeyondLease) {
       log_->FaultInjected(it.message, token, it.fault);
       std::string paused = "P";
@@ -275,10 +273,7 @@ void ChildConsumer::HandleBatch(
     }));
   }
   for (const internal::CallContext::InHand& it : ctx_.in_hand) {
-    if (it.fault == Fault::kCrashAfterComplete) {
-      log_->FaultInjected(it.message, it.token, it.fault);
-      Die();
-    }
+    if (it.fault == Fault::kCrashAfterComplete) CrashAt(it.message, it.token, it.fault);
   }
   std::string answers;
   for (std::size_t i = 0; i < handles.size(); ++i) {

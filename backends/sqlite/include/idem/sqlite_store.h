@@ -27,6 +27,7 @@
 
 #include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
+#include "idem/open_options.h"
 #include "idem/processor.h"
 #include "idem/store.h"
 #include "idem/types.h"
@@ -60,10 +61,15 @@ struct SqliteStoreOptions {
 [[nodiscard]] absl::StatusOr<std::unique_ptr<DedupStore>> NewSqliteStore(
     SqliteStoreOptions options);
 
-// The options a sqlite: URI names (path percent-decoded, ?synchronous=, ?busy_timeout_ms=,
-// ?retention_ms=), as OpenStore reads them. InvalidArgument for a malformed URI or an unknown
-// option. Defined in idem::open.
+// Parses sqlite:///absolute/path.db or sqlite:relative/path.db (percent-decoded) with options
+// ?synchronous=off|normal|full|extra&busy_timeout_ms=N&retention_ms=N&max_id_bytes=N.
+// InvalidArgument for anything else; the error never repeats the URI.
 [[nodiscard]] absl::StatusOr<SqliteStoreOptions> ParseSqliteUri(std::string_view uri);
+
+// ParseSqliteUri, then NewSqliteStore with `options`' clock and token source. Called by OpenStore
+// for sqlite: URIs.
+[[nodiscard]] absl::StatusOr<std::unique_ptr<DedupStore>> OpenSqliteStoreFromUri(
+    std::string_view uri, const OpenOptions& options = {});
 
 // The schema version this build writes.
 int SqliteSchemaVersion();
