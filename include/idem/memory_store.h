@@ -15,7 +15,9 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <string_view>
 
+#include "idem/open_options.h"
 #include "idem/store.h"
 #include "idem/types.h"
 
@@ -44,6 +46,12 @@ struct MemoryStoreOptions {
 // REQUIRES: options.capacity > 0. Returns InvalidArgument for a bad option.
 [[nodiscard]] absl::StatusOr<std::unique_ptr<DedupStore>> NewMemoryStore(
     MemoryStoreOptions options = {});
+
+// Parses memory: with options ?capacity=N&max_version_keys=N&evict=0|1&retention_ms=N&shards=N&
+// max_id_bytes=N, then NewMemoryStore with `options`' clock and token source. Called by OpenStore
+// for memory: URIs. InvalidArgument for a malformed URI or an unknown option.
+[[nodiscard]] absl::StatusOr<std::unique_ptr<DedupStore>> OpenMemoryStoreFromUri(
+    std::string_view uri, const OpenOptions& options = {});
 
 }  // namespace idem
 

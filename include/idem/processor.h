@@ -1,5 +1,5 @@
 // Processor: wraps a message handler so that it runs once per message id (lease mode,
-// DESIGN.md §5), on any DedupStore.
+// docs/design.md, "Modes"), on any DedupStore.
 //
 //   claim (with lease) -> handler -> complete (fenced by the claim's token)
 //                                \-> release, if the handler throws

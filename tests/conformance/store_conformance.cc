@@ -1,4 +1,5 @@
-// DESIGN.md §2–§5, checked against every backend. Each test reads as a sentence of the contract.
+// docs/design.md ("Records and states" to "Modes"), checked against every backend. Each test reads
+// as a sentence of the contract.
 #include "conformance/store_conformance.h"
 
 #include <atomic>
