@@ -84,6 +84,7 @@ class KafkaConsumer::Impl {
  public:
   struct Paused {
     int64_t resume_at_ms = 0;
+    int64_t offset = 0;  // where the partition resumes
   };
 
   KafkaConsumerOptions options;
@@ -94,6 +95,9 @@ class KafkaConsumer::Impl {
   std::unique_ptr<rd_kafka_t, ProducerDeleter> producer;
   std::map<PartitionKey, Paused> paused;
   std::map<std::string, uint32_t> tries;  // "<topic>/<partition>/<offset>" -> tries so far
+  // After a handler threw, the next this-many messages go through ProcessBatch one at a time, so
+  // a poison message's exception releases (and counts an attempt against) only itself.
+  int isolate = 0;
 
   static void Rebalance(rd_kafka_t* rk, rd_kafka_resp_err_t err,
                         rd_kafka_topic_partition_list_t* parts, void* opaque) {
@@ -108,16 +112,15 @@ class KafkaConsumer::Impl {
     }
   }
 
-  // Pauses the partition and seeks it back to `offset`: nothing after it is stored, and it comes
-  // again once resumed.
+  // Pauses the partition; when the delay is over it is resumed and sought back to `offset`
+  // (with no poll in between, so nothing after `offset` is handed out first). Messages of it
+  // fetched meanwhile are dropped: they come again after the seek.
   void PauseAndSeek(const std::string& topic, int32_t partition, int64_t offset,
                     milliseconds delay) {
     ListPtr list(rd_kafka_topic_partition_list_new(1));
-    rd_kafka_topic_partition_list_add(list.get(), topic.c_str(), partition)->offset = offset;
+    rd_kafka_topic_partition_list_add(list.get(), topic.c_str(), partition);
     (void)rd_kafka_pause_partitions(consumer.get(), list.get());
-    rd_kafka_error_t* error = rd_kafka_seek_partitions(consumer.get(), list.get(), 5'000);
-    if (error != nullptr) rd_kafka_error_destroy(error);
-    paused[{topic, partition}] = Paused{.resume_at_ms = NowMs() + delay.count()};
+    paused[{topic, partition}] = Paused{.resume_at_ms = NowMs() + delay.count(), .offset = offset};
   }
 
   void ResumeDue() {
@@ -128,8 +131,18 @@ class KafkaConsumer::Impl {
         continue;
       }
       ListPtr list(rd_kafka_topic_partition_list_new(1));
-      rd_kafka_topic_partition_list_add(list.get(), it->first.first.c_str(), it->first.second);
+      rd_kafka_topic_partition_list_add(list.get(), it->first.first.c_str(), it->first.second)
+          ->offset = it->second.offset;
       (void)rd_kafka_resume_partitions(consumer.get(), list.get());
+      rd_kafka_error_t* error = rd_kafka_seek_partitions(consumer.get(), list.get(), 5'000);
+      if (error != nullptr || list->elems[0].err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        // Not sought back: pause again and retry shortly, never fetch past the message.
+        if (error != nullptr) rd_kafka_error_destroy(error);
+        (void)rd_kafka_pause_partitions(consumer.get(), list.get());
+        it->second.resume_at_ms = now + 100;
+        ++it;
+        continue;
+      }
       it = paused.erase(it);
     }
   }
@@ -247,10 +260,11 @@ absl::StatusOr<int> KafkaConsumer::PollOnce() {
         im.paused.count({rd_kafka_topic_name(msg->rkt), msg->partition}) == 0) {
       batch.push_back(std::move(msg));  // fetched before a pause took effect: comes again
     }
-    if (static_cast<int>(batch.size()) >= im.options.batch) break;
+    if (static_cast<int>(batch.size()) >= (im.isolate > 0 ? 1 : im.options.batch)) break;
     m = rd_kafka_consumer_poll(im.consumer.get(), 0);
   }
   if (batch.empty()) return 0;
+  if (im.isolate > 0) --im.isolate;
 
   // Messages, with ids and version stamps; malformed ones are decided before the batch.
   const size_t n = batch.size();
@@ -310,6 +324,7 @@ absl::StatusOr<int> KafkaConsumer::PollOnce() {
   std::map<PartitionKey, bool> blocked;
   if (thrown.has_value()) {
     ++stats_.handler_errors;
+    im.isolate = im.options.batch;
     for (size_t i = 0; i < n; ++i) {
       const PartitionKey pk{std::string(records[i].topic), records[i].partition};
       if (blocked[pk]) continue;

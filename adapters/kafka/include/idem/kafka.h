@@ -6,8 +6,8 @@
 //   kDeadLetter  produce the message to the dead-letter topic with headers idem-reason,
 //                idem-source-topic, idem-source-partition, idem-source-offset; wait for the
 //                broker's acknowledgement; then store the offset
-//   kRedeliver,  pause the partition, seek it back to this message, resume after the delay; the
-//   kRetry       messages after it in that partition are not stored (they come again)
+//   kRedeliver,  pause the partition; after the delay resume it and seek it back to this
+//   kRetry       message; the messages after it in that partition are not stored (they come again)
 //
 // So an offset is never stored, hence never committed, past a message without a final outcome
 // (enable.auto.offset.store=false; the commit is librdkafka's auto-commit of stored offsets,
@@ -25,9 +25,11 @@
 // redeliveries). The version gate key is the message key; its version the decimal header
 // `version_header`, when that header is present.
 //
-// A handler exception: ProcessBatch completes what was handled and releases the rest; every
-// partition of the batch is sought back to its first message of the batch and retried after a
-// backoff, and the store dead-letters the thrower once max_attempts is reached.
+// A handler exception: ProcessBatch completes what was handled and releases the rest (a release
+// counts an attempt); every partition of the batch is sought back to its first message of the
+// batch and retried after a backoff, and the next `batch` messages go through ProcessBatch one at
+// a time, so the thrower alone uses up its attempts and is dead-lettered at max_attempts. The
+// messages released by that first exception carry one extra attempt: keep max_attempts >= 2.
 //
 // Thread-safety: one thread at a time (librdkafka's consumer handle is thread-safe, but the
 // pause/seek bookkeeping is not). Run() stops when its `stop` flag is set.
