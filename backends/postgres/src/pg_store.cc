@@ -179,44 +179,74 @@ LEFT JOIN {versions} AS v ON v.scope = $1 AND v.key = $3
 // statements above cost the server a bind and an execution each, which dominates a batch). The
 // same decisions, row by row:
 //
-// The claim of a batch: kClaimSql over the rows of the arrays, in their order (the caller sorts
-// them, so that batches lock rows in one order). `excluded` carries every per-entry value the
-// takeover's WHERE needs except max_attempts, which is therefore one value per statement ($6): a
-// batch mixing several runs one statement per value. No id appears twice in one statement (ON
-// CONFLICT DO UPDATE may not touch a row twice): a repeated id goes to a later statement of the
-// same transaction, which sees the earlier one's claim. RETURNING names the claimed rows.
+// The claim of a batch: kClaimSql's upsert over the rows of the arrays, in their order (the caller
+// sorts them, so that batches lock rows in one order). `excluded` carries every per-entry value
+// the takeover's WHERE needs except max_attempts, which is therefore one value per statement
+// ($6): a batch mixing several runs one statement per value. No id appears twice in one statement
+// (ON CONFLICT DO UPDATE may not touch a row twice): a repeated id goes to a later statement of the
+// same transaction, which sees the earlier one's claim.
+//
+// One row per entry, in the arrays' order: the claim's RETURNING for a claimed entry (columns
+// 1-3), else the record and version as of the statement's snapshot (columns 4-12, the layout of
+// kClassifySql). That snapshot predates the upsert, so a record inserted concurrently is missing
+// from it: the caller classifies such an entry again with kClassifyBatchSql (a new snapshot), and
+// likewise one that the snapshot shows claimable. What the snapshot shows held stays held when
+// the upsert ran: `now` is read before it, a completed record cannot be replaced before it
+// expires, and a lease that was running at `now` was running before the upsert's own clock read.
+// Only the refused entries are looked up (the claimed ones need no read).
 //   $1 scope[]  $2 id[]  $3 token[]  $4 lease ms[]  $5 fingerprint[]  $6 max_attempts
 //   $7 version key[] (NULL elements: none)  $8 version[]  $9 retention ms
 constexpr char kClaimBatchSql[] = R"sql(
-INSERT INTO {dedup} AS d (scope, id, status, token, lease_until, attempts, fingerprint, result,
-                          expires_at, claim_origin)
-SELECT i.scope, i.id, 0, i.token, n.now + i.lease, 1, i.fingerprint, NULL, n.now + i.lease + $9, 0
-FROM unnest($1::text[], $2::bytea[], $3::int8[], $4::int8[], $5::bytea[], $7::bytea[],
-            $8::bytea[]) AS i(scope, id, token, lease, fingerprint, vkey, version),
-     (SELECT {now} AS now) AS n
-WHERE i.vkey IS NULL OR NOT EXISTS (
-  SELECT 1 FROM {versions} AS v WHERE v.scope = i.scope AND v.key = i.vkey AND v.version >= i.version)
-ON CONFLICT (scope, id) DO UPDATE SET
-  status = 0,
-  token = excluded.token,
-  lease_until = excluded.lease_until,
-  expires_at = excluded.expires_at,
-  attempts = CASE WHEN d.status = 2 THEN 1 ELSE d.attempts + 1 END,
-  fingerprint = CASE WHEN d.status = 2 THEN excluded.fingerprint
-                     ELSE coalesce(d.fingerprint, excluded.fingerprint) END,
-  result = NULL,
-  claim_origin = CASE d.status WHEN 2 THEN 3 WHEN 1 THEN 1 ELSE 2 END
-WHERE NOT (excluded.fingerprint IS NOT NULL AND d.fingerprint IS NOT NULL
-           AND d.fingerprint <> excluded.fingerprint)
-  AND ((d.status = 2 AND d.expires_at <= {now})
-       OR ((d.status = 1 OR (d.status = 0 AND d.lease_until <= {now}))
-           AND ($6 = 0 OR d.attempts < $6)))
-RETURNING d.scope, d.id, attempts, claim_origin, lease_until
+WITH i AS (
+  SELECT * FROM unnest($1::text[], $2::bytea[], $3::int8[], $4::int8[], $5::bytea[], $7::bytea[],
+                       $8::bytea[]) WITH ORDINALITY
+    AS i(scope, id, token, lease, fingerprint, vkey, version, ord)),
+n AS (SELECT {now} AS now),
+c AS (
+  INSERT INTO {dedup} AS d (scope, id, status, token, lease_until, attempts, fingerprint, result,
+                            expires_at, claim_origin)
+  SELECT i.scope, i.id, 0, i.token, n.now + i.lease, 1, i.fingerprint, NULL,
+         n.now + i.lease + $9, 0
+  FROM i, n
+  WHERE i.vkey IS NULL OR NOT EXISTS (
+    SELECT 1 FROM {versions} AS v
+    WHERE v.scope = i.scope AND v.key = i.vkey AND v.version >= i.version)
+  ORDER BY i.ord
+  ON CONFLICT (scope, id) DO UPDATE SET
+    status = 0,
+    token = excluded.token,
+    lease_until = excluded.lease_until,
+    expires_at = excluded.expires_at,
+    attempts = CASE WHEN d.status = 2 THEN 1 ELSE d.attempts + 1 END,
+    fingerprint = CASE WHEN d.status = 2 THEN excluded.fingerprint
+                       ELSE coalesce(d.fingerprint, excluded.fingerprint) END,
+    result = NULL,
+    claim_origin = CASE d.status WHEN 2 THEN 3 WHEN 1 THEN 1 ELSE 2 END
+  WHERE NOT (excluded.fingerprint IS NOT NULL AND d.fingerprint IS NOT NULL
+             AND d.fingerprint <> excluded.fingerprint)
+    AND ((d.status = 2 AND d.expires_at <= {now})
+         OR ((d.status = 1 OR (d.status = 0 AND d.lease_until <= {now}))
+             AND ($6 = 0 OR d.attempts < $6)))
+  RETURNING d.scope, d.id, d.attempts, d.claim_origin, d.lease_until),
+k AS (
+  SELECT r.ord, d.status, d.token, d.lease_until, d.attempts, d.fingerprint, d.result,
+         d.expires_at, v.version
+  FROM (SELECT * FROM i WHERE NOT EXISTS (
+          SELECT 1 FROM c WHERE c.scope = i.scope AND c.id = i.id) OFFSET 0) AS r
+  LEFT JOIN {dedup} AS d ON d.scope = r.scope AND d.id = r.id
+  LEFT JOIN {versions} AS v ON v.scope = r.scope AND v.key = r.vkey)
+SELECT i.ord::int8, c.attempts, c.claim_origin, c.lease_until,
+       n.now, k.status, k.token, k.lease_until, k.attempts, k.fingerprint, k.result, k.expires_at,
+       k.version
+FROM i CROSS JOIN n
+LEFT JOIN c ON c.scope = i.scope AND c.id = i.id
+LEFT JOIN k ON k.ord = i.ord
+ORDER BY i.ord
 )sql";
 
-// The classifying read of a batch's claim statement, pipelined right after it: a statement of its
-// own, so a new snapshot that sees rows inserted concurrently (kClassifySql's reason), one row
-// per entry in the arrays' order.
+// The classifying read of the entries of a batch that kClaimBatchSql's snapshot left
+// undecided: a statement of its own, after the claim committed, so a new snapshot that sees rows
+// inserted concurrently (kClassifySql's reason); one row per entry in the arrays' order.
 //   $1 scope[]  $2 id[]  $3 version key[]
 constexpr char kClassifyBatchSql[] = R"sql(
 SELECT n.now, d.status, d.token, d.lease_until, d.attempts, d.fingerprint, d.result,
@@ -726,7 +756,7 @@ class PostgresStore final : public DedupStore {
       int32_t max_attempts = 0;
       std::vector<std::size_t> members;  // positions in `valid`, sorted
       std::string scopes, ids, tokens, leases, fingerprints, keys, versions;  // encoded arrays
-      Params claim, classify;
+      Params claim;
     };
     std::vector<ClaimArgs> args(valid.size());
     std::vector<Group> groups;
@@ -781,54 +811,96 @@ class PostgresStore final : public DedupStore {
       g.claim.Array(g.tokens, kInt8ArrayOid).Array(g.leases, kInt8ArrayOid);
       g.claim.Array(g.fingerprints, kByteaArrayOid).Int4(g.max_attempts);
       g.claim.Array(g.keys, kByteaArrayOid).Array(g.versions, kByteaArrayOid).Int8(Retention());
-      g.classify.Array(g.scopes, kTextArrayOid).Array(g.ids, kByteaArrayOid);
-      g.classify.Array(g.keys, kByteaArrayOid);
       calls.push_back(Call{&st_->claim_batch, &g.claim});
-      calls.push_back(Call{&st_->classify_batch, &g.classify});
     }
 
-    std::vector<ClaimOutcome> outcomes(valid.size());
+    // Entries the claim's snapshot left undecided (positions in `valid`), classified again below.
+    std::vector<std::optional<ClaimOutcome>> outcomes(valid.size());
+    std::vector<std::size_t> undecided;
     absl::Status failure = Run(calls, "claim", [&](const std::vector<PgResultPtr>& results) {
+      undecided.clear();
       for (std::size_t gi = 0; gi < groups.size(); ++gi) {
         const Group& g = groups[gi];
-        const PGresult* claim = results[2 * gi].get();
-        const PGresult* classify = results[2 * gi + 1].get();
-        if (PQntuples(classify) != static_cast<int>(g.members.size())) {
-          return absl::InternalError("postgres: classify returned a row count unlike the batch");
-        }
-        // The claimed rows, by (scope, id): unique within a group.
-        absl::flat_hash_map<EntryKey, int> claimed_row;
-        for (int row = 0; row < PQntuples(claim); ++row) {
-          claimed_row.emplace(
-              EntryKey(std::string_view(PQgetvalue(claim, row, 0), PQgetlength(claim, row, 0)),
-                       std::string_view(PQgetvalue(claim, row, 1), PQgetlength(claim, row, 1))),
-              row);
+        const PGresult* r = results[gi].get();
+        if (PQntuples(r) != static_cast<int>(g.members.size())) {
+          return absl::InternalError("postgres: claim returned a row count unlike the batch");
         }
         for (std::size_t m = 0; m < g.members.size(); ++m) {
+          const int row = static_cast<int>(m);
           const std::size_t k = g.members[m];
-          const ClaimRequest& r = requests[valid[k]];
-          std::optional<Claimed> claimed;
-          if (auto it = claimed_row.find(EntryKey(r.scope, r.id)); it != claimed_row.end()) {
-            claimed = Claimed{.attempts = GetInt4(claim, it->second, 2),
-                              .origin = GetInt2(claim, it->second, 3),
-                              .lease_until = GetInt8(claim, it->second, 4)};
+          if (GetInt8(r, row, 0) != row + 1) {
+            return absl::InternalError("postgres: claim returned rows out of order");
           }
-          absl::StatusOr<ClaimOutcome> o =
-              Decode(r, args[k], claimed, classify, static_cast<int>(m));
-          if (!o.ok()) return o.status();
-          outcomes[k] = *std::move(o);
+          if (!IsNull(r, row, 1)) {
+            outcomes[k] = Acquired(args[k], Claimed{.attempts = GetInt4(r, row, 1),
+                                                    .origin = GetInt2(r, row, 2),
+                                                    .lease_until = GetInt8(r, row, 3)});
+            continue;
+          }
+          absl::StatusOr<std::optional<ClaimOutcome>> refused =
+              Refusal(requests[valid[k]], args[k], r, row, /*column=*/4, /*snapshot=*/true);
+          if (!refused.ok()) return refused.status();
+          outcomes[k] = *std::move(refused);
+          if (!outcomes[k]) undecided.push_back(k);
         }
       }
       return absl::OkStatus();
     });
+    if (failure.ok() && !undecided.empty()) {
+      failure = Reclassify(requests, valid, args, undecided, outcomes);
+    }
     for (std::size_t k = 0; k < valid.size(); ++k) {
       if (!failure.ok()) {
         out[valid[k]] = failure;
+      } else if (!outcomes[k]) {
+        out[valid[k]] = absl::UnavailableError(
+            "postgres: claim: the record changed while it was classified; retry the claim");
       } else {
-        counters_.CountClaim(outcomes[k].result, outcomes[k].retention_reclaim);
-        out[valid[k]] = std::move(outcomes[k].result);
+        counters_.CountClaim(outcomes[k]->result, outcomes[k]->retention_reclaim);
+        out[valid[k]] = std::move(outcomes[k]->result);
       }
     }
+  }
+
+  // Classifies again, with a new snapshot (kClassifyBatchSql, one round trip), the entries of a
+  // claim batch that the claim's own snapshot left undecided. An entry still undecided keeps
+  // nullopt (Unavailable: nothing was written, the caller may claim again).
+  [[nodiscard]] absl::Status Reclassify(std::span<const ClaimRequest> requests,
+                                        const std::vector<std::size_t>& valid,
+                                        const std::vector<ClaimArgs>& args,
+                                        const std::vector<std::size_t>& undecided,
+                                        std::vector<std::optional<ClaimOutcome>>& outcomes) {
+    ArrayBuilder scopes(kTextOid), ids(kByteaOid), keys(kByteaOid);
+    for (std::size_t k : undecided) {
+      const ClaimRequest& r = requests[valid[k]];
+      scopes.Bytes(r.scope);
+      ids.Bytes(r.id);
+      if (r.version) {
+        keys.Bytes(r.version->key);
+      } else {
+        keys.Null();
+      }
+    }
+    const std::string scope_array(scopes.Encoded()), id_array(ids.Encoded()),
+        key_array(keys.Encoded());
+    Params p;
+    p.Array(scope_array, kTextArrayOid).Array(id_array, kByteaArrayOid);
+    p.Array(key_array, kByteaArrayOid);
+    const Call call{&st_->classify_batch, &p};
+    return Run(std::span(&call, 1), "claim", [&](const std::vector<PgResultPtr>& results) {
+      const PGresult* r = results[0].get();
+      if (PQntuples(r) != static_cast<int>(undecided.size())) {
+        return absl::InternalError("postgres: classify returned a row count unlike the batch");
+      }
+      for (std::size_t m = 0; m < undecided.size(); ++m) {
+        const std::size_t k = undecided[m];
+        absl::StatusOr<std::optional<ClaimOutcome>> refused = Refusal(
+            requests[valid[k]], args[k], r, static_cast<int>(m), /*column=*/0, /*snapshot=*/false);
+        if (!refused.ok()) return refused.status();
+        outcomes[k] = *std::move(refused);
+      }
+      return absl::OkStatus();
+    });
   }
 
   // A completion batch of several entries (`valid`: indexes into `requests`, the caller's order):
@@ -969,35 +1041,60 @@ class PostgresStore final : public DedupStore {
   }
 
   // The outcome of one claim from its upsert's RETURNING and its classifying read.
-  // `claimed`: the row the claim's upsert returned, if it took the record; otherwise `row` of
-  // `classify` is the classifying read's.
+  static ClaimOutcome Acquired(const ClaimArgs& args, const Claimed& claimed) {
+    return ClaimOutcome{
+        .result = ClaimResult{.status = ClaimStatus::kAcquired,
+                              .token = args.token,
+                              .attempt = static_cast<uint32_t>(claimed.attempts),
+                              .lease_until_ms = claimed.lease_until,
+                              .took_over = claimed.origin == internal::pg::kOriginTakeover},
+        .retention_reclaim = claimed.origin == internal::pg::kOriginRetention};
+  }
+
+  // `claimed`: the row the claim's upsert returned, if it took the record; otherwise row
+  // `row_index` of `classify`, from column `column` on, is a classifying read (kClassifySql's
+  // layout). Unavailable when the read neither took nor refuses the claim.
   [[nodiscard]] absl::StatusOr<ClaimOutcome> Decode(const ClaimRequest& request,
                                                     const ClaimArgs& args,
                                                     const std::optional<Claimed>& claimed,
-                                                    const PGresult* classify, int row_index) {
-    if (claimed) {
-      return ClaimOutcome{
-          .result = ClaimResult{.status = ClaimStatus::kAcquired,
-                                .token = args.token,
-                                .attempt = static_cast<uint32_t>(claimed->attempts),
-                                .lease_until_ms = claimed->lease_until,
-                                .took_over = claimed->origin == internal::pg::kOriginTakeover},
-          .retention_reclaim = claimed->origin == internal::pg::kOriginRetention};
-    }
+                                                    const PGresult* classify, int row_index,
+                                                    int column = 0) {
+    if (claimed) return Acquired(args, *claimed);
+    absl::StatusOr<std::optional<ClaimOutcome>> refused =
+        Refusal(request, args, classify, row_index, column, /*snapshot=*/false);
+    if (!refused.ok()) return refused.status();
+    if (*refused) return **refused;
+    // Neither taken nor refused: the record changed between the upsert and the read (a lease
+    // that ran out in between, a purge, a version lowered by hand). Nothing was written: the
+    // caller may simply claim again.
+    return absl::UnavailableError(
+        "postgres: claim: the record changed while it was classified; retry the claim");
+  }
+
+  // Why a claim that the upsert did not take was refused, from a classifying read (row
+  // `row_index` of `classify`, kClassifySql's columns from `column` on); nullopt when the read
+  // does not say. `snapshot`: the read predates the upsert (kClaimBatchSql), so only what cannot
+  // have changed since counts: a held record, a version at or above the request's (the upsert's
+  // own gate read the same snapshot); a record missing from it or dead-lettered by it is left
+  // undecided (inserted, or taken by a consumer with a higher max_attempts, in between).
+  [[nodiscard]] absl::StatusOr<std::optional<ClaimOutcome>> Refusal(
+      const ClaimRequest& request, const ClaimArgs& args, const PGresult* classify,
+      int row_index, int column, bool snapshot) {
     if (PQntuples(classify) <= row_index) {
       return absl::InternalError("postgres: classify returned no row");
     }
     const int i = row_index;
-    const int64_t now = GetInt8(classify, i, 0);
+    const int c = column;
+    const int64_t now = GetInt8(classify, i, c);
     std::optional<DedupRow> row;
-    if (!IsNull(classify, i, 1)) {
-      row = DedupRow{.status = GetInt2(classify, i, 1),
-                     .token = internal::pg::TokenFromSql(GetInt8(classify, i, 2)),
-                     .lease_until = GetInt8(classify, i, 3),
-                     .attempts = static_cast<uint32_t>(GetInt4(classify, i, 4)),
-                     .fingerprint = GetBytea(classify, i, 5),
-                     .result = GetBytea(classify, i, 6),
-                     .expires_at = GetInt8(classify, i, 7)};
+    if (!IsNull(classify, i, c + 1)) {
+      row = DedupRow{.status = GetInt2(classify, i, c + 1),
+                     .token = internal::pg::TokenFromSql(GetInt8(classify, i, c + 2)),
+                     .lease_until = GetInt8(classify, i, c + 3),
+                     .attempts = static_cast<uint32_t>(GetInt4(classify, i, c + 4)),
+                     .fingerprint = GetBytea(classify, i, c + 5),
+                     .result = GetBytea(classify, i, c + 6),
+                     .expires_at = GetInt8(classify, i, c + 7)};
     }
     std::optional<std::string_view> fingerprint;
     if (args.fingerprint) fingerprint = *args.fingerprint;
@@ -1006,25 +1103,21 @@ class PostgresStore final : public DedupStore {
         return ClaimOutcome{.result = *std::move(held)};
       }
     }
-    if (request.version && !IsNull(classify, i, 8)) {
+    if (request.version && !IsNull(classify, i, c + 8)) {
       absl::StatusOr<uint64_t> applied =
-          internal::pg::DecodeVersion(GetBytea(classify, i, 8).value_or(""));
+          internal::pg::DecodeVersion(GetBytea(classify, i, c + 8).value_or(""));
       if (!applied.ok()) return applied.status();
       if (*applied >= request.version->version) {
         return ClaimOutcome{
             .result = ClaimResult{.status = ClaimStatus::kStale, .applied_version = *applied}};
       }
     }
-    if (row && row->status != internal::pg::kStatusCompleted && request.max_attempts > 0 &&
-        row->attempts >= request.max_attempts) {
+    if (!snapshot && row && row->status != internal::pg::kStatusCompleted &&
+        request.max_attempts > 0 && row->attempts >= request.max_attempts) {
       return ClaimOutcome{
           .result = ClaimResult{.status = ClaimStatus::kDeadLettered, .attempt = row->attempts}};
     }
-    // Neither taken nor refused: the record changed between the upsert and the read (a lease
-    // that ran out in between, a purge, a version lowered by hand). Nothing was written: the
-    // caller may simply claim again.
-    return absl::UnavailableError(
-        "postgres: claim: the record changed while it was classified; retry the claim");
+    return std::nullopt;
   }
 
   PostgresStoreOptions options_;
