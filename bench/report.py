@@ -7,9 +7,9 @@ Benchmark's items_per_second (messages per second of wall time, summed over thre
 "pair" (raw and idem alternating in one benchmark): the counters raw_msgs_per_s and
 idem_msgs_per_s. The median over repetitions when there are several.
 
-  report.py OUT_DIR [--mode quick|full] [--redis-version TEXT]
+  report.py OUT_DIR [--mode quick|full] [--redis-version TEXT] [--postgres-version TEXT]
 
-Reads OUT_DIR/{memory,sqlite,redis}.json, and OUT_DIR/peer-N.jsonl with OUT_DIR/peer-idem-N.json
+Reads OUT_DIR/{memory,sqlite,redis,postgres}.json, and OUT_DIR/peer-N.jsonl with OUT_DIR/peer-idem-N.json
 (the peer's rounds and idem's redis lease / batch 100 measured between them), when present; writes
 OUT_DIR/results.md, OUT_DIR/chart.dat, OUT_DIR/throughput.png (when gnuplot is installed).
 """
@@ -157,6 +157,7 @@ def main():
     parser.add_argument("out_dir")
     parser.add_argument("--mode", default="quick")
     parser.add_argument("--redis-version", default="")
+    parser.add_argument("--postgres-version", default="")
     args = parser.parse_args()
 
     rates, errors = load_benchmarks(args.out_dir)
@@ -225,6 +226,9 @@ def main():
                f"{args.redis_version.split(' sha=')[0]} on loopback, appendonly yes, "
                f"appendfsync everysec; SQLite {sqlite_version()} WAL, checkpoints untimed "
                f"between paired units")
+    if any(b == "postgres" for (b, _, _) in rates):
+        context += (f"; PostgreSQL {args.postgres_version or '?'} private cluster on loopback, "
+                    f"fsync and synchronous_commit on, raw and idem paired unit by unit")
     print()
     print("\n".join(lines))
     print()
@@ -260,11 +264,12 @@ def draw_chart(out_dir, dat, peer):
     png = os.path.join(out_dir, "throughput.png")
     titles = {"memory": "memory (in process)", "sqlite-normal": "SQLite WAL, synchronous=NORMAL",
               "sqlite-full": "SQLite WAL, synchronous=FULL",
-              "redis": "Redis (loopback, AOF everysec)"}
+              "redis": "Redis (loopback, AOF everysec)",
+              "postgres": "PostgreSQL 15 (loopback, fsync on, batches pipelined)"}
     script = [
-        "set terminal pngcairo size 1200,900 font ',10'" ,
+        "set terminal pngcairo size 1200,1300 font ',10'" ,
         f"set output '{png}'",
-        "set multiplot layout 2,2 title 'idem vs raw backend: throughput against batch size'",
+        "set multiplot layout 3,2 title 'idem vs raw backend: throughput against batch size'",
         "set logscale xy", "set xrange [0.7:1500]", "set xtics (1, 10, 100, 1000)",
         "set xlabel 'messages per batch'", "set ylabel 'messages / s'", "set grid",
         "set key bottom right", "set format y '%.0s%c'",

@@ -146,7 +146,9 @@ fi
 
 # ---- the table, the chart --------------------------------------------------------------------
 mode=$( ((quick)) && echo quick || echo full)
-python3 bench/report.py "$out" --mode "$mode" --redis-version "$(redis-server --version)"
+pg_version=$("$(cat "$pg_state/bindir")/postgres" --version 2>/dev/null | awk '{print $3}' || true)
+python3 bench/report.py "$out" --mode "$mode" --redis-version "$(redis-server --version)" \
+  --postgres-version "$pg_version"
 if ((publish)); then
   mkdir -p bench/results
   cp "$out/results.md" "$out/throughput.png" bench/results/
