@@ -3,13 +3,15 @@
 # raw and idem side by side for every backend, runs the Powertools peer where Node.js is present,
 # prints the table (with RATIO / PEER / TARGET lines) and draws the throughput chart.
 #
-#   bench/run.sh [--quick] [--publish] [--no-peer]
+#   bench/run.sh [--quick] [--publish] [--no-peer] [--only=BACKEND,...]
 #
 #   --quick     short runs, 1M-row pre-fill only (under two minutes once built)
 #               (a full run also pre-fills 10M rows, about 100 s the first time; the files are
 #               kept in BUILD_DIR/bench-data and reused)
 #   --publish   also copy the table and the chart to bench/results/ (what the README shows)
 #   --no-peer   skip the Powertools peer even if node is installed
+#   --only=memory,sqlite,redis,postgres
+#               run only these backends (the peer runs only with redis)
 #
 # Environment: BUILD_DIR (default build-bench), JOBS (default 2), IDEM_BENCH_REDIS_PORT
 # (default 26479), IDEM_BENCH_PG_PORT (default 26432). PostgreSQL 15 runs as a private cluster
@@ -29,14 +31,21 @@ repo=$(pwd)
 quick=0
 publish=0
 peer=1
+backends="memory sqlite redis postgres"
 for arg in "$@"; do
   case "$arg" in
     --quick) quick=1 ;;
     --publish) publish=1 ;;
     --no-peer) peer=0 ;;
-    *) sed -n '2,22p' "$0"; exit 2 ;;
+    --only=*) backends=${arg#--only=}; backends=${backends//,/ } ;;
+    *) sed -n '2,20p' "$0"; exit 2 ;;
   esac
 done
+
+if ((publish)) && [ "$backends" != "memory sqlite redis postgres" ]; then
+  echo "run.sh: --publish needs every backend (bench/results/ holds the whole table)" >&2
+  exit 2
+fi
 
 build=${BUILD_DIR:-$repo/build-bench}
 jobs=${JOBS:-2}
@@ -120,16 +129,28 @@ else
   prefill=1000000,10000000
   peer_seconds=3
 fi
+# PostgreSQL commits wait for a WAL flush (a few ms, drifting several-fold on a shared disk), so a
+# one-second unit holds only a few hundred messages per side: longer units and more repetitions
+# keep its medians from following single flush stalls.
+if ((quick)); then
+  pg_gbench=("${gbench[@]}")
+else
+  pg_gbench=(--benchmark_min_time=3 --benchmark_repetitions=5
+             --benchmark_enable_random_interleaving=true --benchmark_report_aggregates_only=true)
+fi
 export IDEM_BENCH_DIR=$data IDEM_BENCH_PREFILL=$prefill IDEM_BENCH_REDIS_PORT=$port
-for backend in memory sqlite redis postgres; do
+for backend in $backends; do
   echo "run.sh: idem_bench_$backend"
-  "$build/bench/idem_bench_$backend" "${gbench[@]}" \
+  flags=("${gbench[@]}")
+  [ "$backend" = postgres ] && flags=("${pg_gbench[@]}")
+  "$build/bench/idem_bench_$backend" "${flags[@]}" \
     --benchmark_out="$out/$backend.json" --benchmark_out_format=json
 done
 
 # ---- the peer: Powertools for AWS Lambda (TypeScript) idempotency on the same Redis ----------
 # Round-trip latency on an idle VM drifts (vCPU wake-ups), so the peer and idem's comparable
 # benchmarks (redis lease and batch 100) run in alternating rounds; the report takes medians.
+case " $backends " in *" redis "*) ;; *) peer=0 ;; esac
 if ((peer)) && command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
   echo "run.sh: peer (Powertools idempotency, Node.js $(node --version)), 3 rounds beside idem"
   (cd bench/peer && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
