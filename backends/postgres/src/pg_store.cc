@@ -123,6 +123,16 @@ v AS (
 SELECT (SELECT count(*) FROM c)::int8, (SELECT count(*) FROM v)::int8
 )sql";
 
+// A completion without a version key: the same fenced update without the version gate's CTE, the
+// cheaper statement for the common case (the server plans and runs one UPDATE). A row: completed.
+//   $1 scope  $2 id  $3 token  $4 retention ms  $5 result  $6 fingerprint
+constexpr char kCompleteUngatedSql[] = R"sql(
+UPDATE {dedup} SET status = 2, lease_until = 0, expires_at = {now} + $4,
+  result = coalesce($5, result), fingerprint = coalesce(fingerprint, $6)
+WHERE scope = $1 AND id = $2 AND status = 0 AND token = $3
+RETURNING 1
+)sql";
+
 //   $1 scope  $2 id  $3 token  $4 retention ms
 constexpr char kReleaseSql[] = R"sql(
 UPDATE {dedup} SET status = 1, lease_until = 0, expires_at = {now} + $4
@@ -285,12 +295,12 @@ FROM c LEFT JOIN v ON v.scope = c.scope AND v.key = c.vkey
 
 struct Statements {
   Statement claim, classify, classify_single, complete, release, extend, purge, version, inspect;
-  Statement claim_batch, classify_batch, complete_batch;
+  Statement complete_ungated, claim_batch, classify_batch, complete_batch;
 
   std::vector<const Statement*> All() const {
-    return {&claim,   &classify, &classify_single, &complete,       &release,
-            &extend,  &purge,    &version,         &inspect,        &claim_batch,
-            &classify_batch, &complete_batch};
+    return {&claim,   &classify, &classify_single, &complete,    &complete_ungated,
+            &release, &extend,   &purge,           &version,     &inspect,
+            &claim_batch, &classify_batch, &complete_batch};
   }
 };
 
@@ -315,6 +325,8 @@ Statements MakeStatements(const internal::pg::Tables& t) {
       .purge = make("purge", kPurgeSql, {kInt8Oid}),
       .version = make("version", kVersionSql, {kTextOid, kByteaOid}),
       .inspect = make("inspect", kInspectSql, {kTextOid, kByteaOid}),
+      .complete_ungated = make("complete_ungated", kCompleteUngatedSql,
+                               {kTextOid, kByteaOid, kInt8Oid, kInt8Oid, kByteaOid, kByteaOid}),
       .claim_batch = make("claim_batch", kClaimBatchSql,
                           {kTextArrayOid, kByteaArrayOid, kInt8ArrayOid, kInt8ArrayOid,
                            kByteaArrayOid, kInt4Oid, kByteaArrayOid, kByteaArrayOid, kInt8Oid}),
@@ -581,10 +593,10 @@ class PostgresStore final : public DedupStore {
       if (r.version) {
         a.version = internal::pg::EncodeVersion(r.version->version);
         a.params.Bytea(r.version->key).Bytea(a.version);
+        calls.push_back(Call{&st_->complete, &a.params});
       } else {
-        a.params.Null(kByteaOid).Null(kByteaOid);
+        calls.push_back(Call{&st_->complete_ungated, &a.params});
       }
-      calls.push_back(Call{&st_->complete, &a.params});
     }
     // nullopt: the entry's token no longer owns its claim (its update matched nothing).
     std::vector<std::optional<CompleteStatus>> done;
@@ -592,6 +604,11 @@ class PostgresStore final : public DedupStore {
       done.clear();
       for (std::size_t k = 0; k < valid.size(); ++k) {
         const PGresult* r = results[k].get();
+        if (!requests[valid[k]].version) {
+          done.push_back(PQntuples(r) == 1 ? std::optional(CompleteStatus::kCompleted)
+                                           : std::nullopt);
+          continue;
+        }
         if (PQntuples(r) != 1) return absl::InternalError("postgres: complete returned no row");
         if (GetInt8(r, 0, 0) == 0) {
           done.push_back(std::nullopt);
