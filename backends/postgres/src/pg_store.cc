@@ -293,14 +293,24 @@ SELECT c.ord::int8, CASE WHEN v.key IS NULL THEN 0 ELSE 1 END::int8
 FROM c LEFT JOIN v ON v.scope = c.scope AND v.key = c.vkey
 )sql";
 
+// Runs first in every batch pipeline. A prepared statement's generic plan is built once, from the
+// table statistics of that moment: built while idem's tables were still empty, the array
+// statements' joins became a hash join over a sequential scan of the dedup table, kept until the
+// next ANALYZE, so a batch cost time in proportion to the table. Within the batch's transaction
+// only, the planner is kept to index lookups driven by the arrays (nested loops), whatever the
+// statistics say; a plan built under these settings stays the cached one.
+constexpr char kIndexPlansSql[] =
+    "SELECT set_config('enable_seqscan', 'off', true), set_config('enable_hashjoin', 'off', true), "
+    "set_config('enable_mergejoin', 'off', true)";
+
 struct Statements {
   Statement claim, classify, classify_single, complete, release, extend, purge, version, inspect;
-  Statement complete_ungated, claim_batch, classify_batch, complete_batch;
+  Statement complete_ungated, index_plans, claim_batch, classify_batch, complete_batch;
 
   std::vector<const Statement*> All() const {
     return {&claim,   &classify, &classify_single, &complete,    &complete_ungated,
             &release, &extend,   &purge,           &version,     &inspect,
-            &claim_batch, &classify_batch, &complete_batch};
+            &index_plans, &claim_batch, &classify_batch, &complete_batch};
   }
 };
 
@@ -327,6 +337,7 @@ Statements MakeStatements(const internal::pg::Tables& t) {
       .inspect = make("inspect", kInspectSql, {kTextOid, kByteaOid}),
       .complete_ungated = make("complete_ungated", kCompleteUngatedSql,
                                {kTextOid, kByteaOid, kInt8Oid, kInt8Oid, kByteaOid, kByteaOid}),
+      .index_plans = make("index_plans", kIndexPlansSql, {}),
       .claim_batch = make("claim_batch", kClaimBatchSql,
                           {kTextArrayOid, kByteaArrayOid, kInt8ArrayOid, kInt8ArrayOid,
                            kByteaArrayOid, kInt4Oid, kByteaArrayOid, kByteaArrayOid, kInt8Oid}),
@@ -795,7 +806,8 @@ class PostgresStore final : public DedupStore {
                      [](const Group& a, const Group& b) { return a.round < b.round; });
 
     std::vector<Call> calls;
-    calls.reserve(2 * groups.size());
+    calls.reserve(1 + groups.size());
+    calls.push_back(Call{&st_->index_plans, nullptr});
     for (Group& g : groups) {
       ArrayBuilder scopes(kTextOid), ids(kByteaOid), tokens(kInt8Oid), leases(kInt8Oid),
           fingerprints(kByteaOid), keys(kByteaOid), versions(kByteaOid);
@@ -838,7 +850,7 @@ class PostgresStore final : public DedupStore {
       undecided.clear();
       for (std::size_t gi = 0; gi < groups.size(); ++gi) {
         const Group& g = groups[gi];
-        const PGresult* r = results[gi].get();
+        const PGresult* r = results[1 + gi].get();
         if (PQntuples(r) != static_cast<int>(g.members.size())) {
           return absl::InternalError("postgres: claim returned a row count unlike the batch");
         }
@@ -903,9 +915,9 @@ class PostgresStore final : public DedupStore {
     Params p;
     p.Array(scope_array, kTextArrayOid).Array(id_array, kByteaArrayOid);
     p.Array(key_array, kByteaArrayOid);
-    const Call call{&st_->classify_batch, &p};
-    return Run(std::span(&call, 1), "claim", [&](const std::vector<PgResultPtr>& results) {
-      const PGresult* r = results[0].get();
+    const Call calls[] = {{&st_->index_plans, nullptr}, {&st_->classify_batch, &p}};
+    return Run(calls, "claim", [&](const std::vector<PgResultPtr>& results) {
+      const PGresult* r = results[1].get();
       if (PQntuples(r) != static_cast<int>(undecided.size())) {
         return absl::InternalError("postgres: classify returned a row count unlike the batch");
       }
@@ -953,7 +965,8 @@ class PostgresStore final : public DedupStore {
       }
     }
     std::vector<Call> calls;
-    calls.reserve(rounds.size());
+    calls.reserve(1 + rounds.size());
+    calls.push_back(Call{&st_->index_plans, nullptr});
     for (Round& round : rounds) {
       ArrayBuilder scopes(kTextOid), ids(kByteaOid), tokens(kInt8Oid), retentions(kInt8Oid),
           results(kByteaOid), fingerprints(kByteaOid), keys(kByteaOid), versions(kByteaOid);
@@ -998,7 +1011,7 @@ class PostgresStore final : public DedupStore {
       std::fill(done.begin(), done.end(), std::nullopt);
       for (std::size_t ri = 0; ri < rounds.size(); ++ri) {
         const Round& round = rounds[ri];
-        const PGresult* r = results[ri].get();
+        const PGresult* r = results[1 + ri].get();
         for (int row = 0; row < PQntuples(r); ++row) {
           const int64_t position = GetInt8(r, row, 0);
           if (position < 1 || position > static_cast<int64_t>(round.members.size())) {
