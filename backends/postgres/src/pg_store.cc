@@ -203,7 +203,8 @@ LEFT JOIN {versions} AS v ON v.scope = $1 AND v.key = $3
 // likewise one that the snapshot shows claimable. What the snapshot shows held stays held when
 // the upsert ran: `now` is read before it, a completed record cannot be replaced before it
 // expires, and a lease that was running at `now` was running before the upsert's own clock read.
-// Only the refused entries are looked up (the claimed ones need no read).
+// Only the refused entries are looked up (the claimed ones need no read), each by its own index
+// lookup (LATERAL ... OFFSET 0 cannot become a join over a scan of the table).
 //   $1 scope[]  $2 id[]  $3 token[]  $4 lease ms[]  $5 fingerprint[]  $6 max_attempts
 //   $7 version key[] (NULL elements: none)  $8 version[]  $9 retention ms
 constexpr char kClaimBatchSql[] = R"sql(
@@ -243,8 +244,10 @@ k AS (
          d.expires_at, v.version
   FROM (SELECT * FROM i WHERE NOT EXISTS (
           SELECT 1 FROM c WHERE c.scope = i.scope AND c.id = i.id) OFFSET 0) AS r
-  LEFT JOIN {dedup} AS d ON d.scope = r.scope AND d.id = r.id
-  LEFT JOIN {versions} AS v ON v.scope = r.scope AND v.key = r.vkey)
+  LEFT JOIN LATERAL (
+    SELECT * FROM {dedup} AS x WHERE x.scope = r.scope AND x.id = r.id OFFSET 0) AS d ON true
+  LEFT JOIN LATERAL (
+    SELECT * FROM {versions} AS x WHERE x.scope = r.scope AND x.key = r.vkey OFFSET 0) AS v ON true)
 SELECT i.ord::int8, c.attempts, c.claim_origin, c.lease_until,
        n.now, k.status, k.token, k.lease_until, k.attempts, k.fingerprint, k.result, k.expires_at,
        k.version
@@ -302,15 +305,19 @@ FROM c LEFT JOIN v ON v.scope = c.scope AND v.key = c.vkey
 constexpr char kIndexPlansSql[] =
     "SELECT set_config('enable_seqscan', 'off', true), set_config('enable_hashjoin', 'off', true), "
     "set_config('enable_mergejoin', 'off', true)";
+// The same for the claim statement, whose table lookups are LATERAL already: its other joins are
+// between the batch's own rows (the arrays, the upsert's RETURNING), where a hash join is right.
+constexpr char kIndexScansSql[] = "SELECT set_config('enable_seqscan', 'off', true)";
 
 struct Statements {
   Statement claim, classify, classify_single, complete, release, extend, purge, version, inspect;
-  Statement complete_ungated, index_plans, claim_batch, classify_batch, complete_batch;
+  Statement complete_ungated, index_plans, index_scans, claim_batch, classify_batch,
+      complete_batch;
 
   std::vector<const Statement*> All() const {
     return {&claim,   &classify, &classify_single, &complete,    &complete_ungated,
             &release, &extend,   &purge,           &version,     &inspect,
-            &index_plans, &claim_batch, &classify_batch, &complete_batch};
+            &index_plans, &index_scans, &claim_batch, &classify_batch, &complete_batch};
   }
 };
 
@@ -338,6 +345,7 @@ Statements MakeStatements(const internal::pg::Tables& t) {
       .complete_ungated = make("complete_ungated", kCompleteUngatedSql,
                                {kTextOid, kByteaOid, kInt8Oid, kInt8Oid, kByteaOid, kByteaOid}),
       .index_plans = make("index_plans", kIndexPlansSql, {}),
+      .index_scans = make("index_scans", kIndexScansSql, {}),
       .claim_batch = make("claim_batch", kClaimBatchSql,
                           {kTextArrayOid, kByteaArrayOid, kInt8ArrayOid, kInt8ArrayOid,
                            kByteaArrayOid, kInt4Oid, kByteaArrayOid, kByteaArrayOid, kInt8Oid}),
@@ -807,7 +815,7 @@ class PostgresStore final : public DedupStore {
 
     std::vector<Call> calls;
     calls.reserve(1 + groups.size());
-    calls.push_back(Call{&st_->index_plans, nullptr});
+    calls.push_back(Call{&st_->index_scans, nullptr});
     for (Group& g : groups) {
       ArrayBuilder scopes(kTextOid), ids(kByteaOid), tokens(kInt8Oid), leases(kInt8Oid),
           fingerprints(kByteaOid), keys(kByteaOid), versions(kByteaOid);
