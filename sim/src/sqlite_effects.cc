@@ -139,7 +139,8 @@ absl::StatusOr<PgConn> OpenPgConnection(const std::string& conninfo) {
 absl::Status CreatePgEffectTable(PGconn* conn, std::string_view schema) {
   const std::string sql = absl::StrCat(
       "BEGIN; SELECT pg_advisory_xact_lock(hashtext('idem_sim_effects')); "
-      "CREATE TABLE IF NOT EXISTS ", EffectTable(schema),
+      "CREATE TABLE IF NOT EXISTS ",
+      EffectTable(schema),
       " (seq bigserial PRIMARY KEY, scope text NOT NULL, message int8 NOT NULL,"
       " id bytea NOT NULL, version int8 NOT NULL, token int8 NOT NULL); COMMIT");
   PgResult r(PQexec(conn, sql.c_str()));
@@ -151,8 +152,7 @@ absl::Status CreatePgEffectTable(PGconn* conn, std::string_view schema) {
 }
 
 absl::Status WritePgEffect(PGconn* conn, std::string_view schema, std::string_view scope,
-                           int64_t message, std::string_view id, uint64_t version,
-                           uint64_t token) {
+                           int64_t message, std::string_view id, uint64_t version, uint64_t token) {
   const std::string sql = absl::StrCat("INSERT INTO ", EffectTable(schema),
                                        "(scope, message, id, version, token)"
                                        " VALUES ($1, $2, $3, $4, $5)");
@@ -160,8 +160,8 @@ absl::Status WritePgEffect(PGconn* conn, std::string_view schema, std::string_vi
   // uint64 versions and tokens are stored bit for bit in int8, as in SQLite.
   const std::string version_text = absl::StrCat(static_cast<int64_t>(version));
   const std::string token_text = absl::StrCat(static_cast<int64_t>(token));
-  const char* values[] = {scope_text.c_str(), message_text.c_str(), id.data(),
-                          version_text.c_str(), token_text.c_str()};
+  const char* values[] = {scope_text.c_str(), message_text.c_str(), id.data(), version_text.c_str(),
+                          token_text.c_str()};
   const int lengths[] = {0, 0, static_cast<int>(id.size()), 0, 0};
   const int formats[] = {0, 0, 1, 0, 0};  // the id in binary: any bytes
   PgResult r(PQexecParams(conn, sql.c_str(), 5, nullptr, values, lengths, formats, 0));
@@ -183,9 +183,9 @@ absl::StatusOr<std::vector<EffectRow>> ReadPgEffects(PGconn* conn, std::string_v
   }
   std::vector<EffectRow> rows;
   for (int i = 0; i < PQntuples(r.get()); ++i) {
-    rows.push_back({.message = std::strtoll(PQgetvalue(r.get(), i, 0), nullptr, 10),
-                    .version = static_cast<uint64_t>(
-                        std::strtoll(PQgetvalue(r.get(), i, 1), nullptr, 10))});
+    rows.push_back(
+        {.message = std::strtoll(PQgetvalue(r.get(), i, 0), nullptr, 10),
+         .version = static_cast<uint64_t>(std::strtoll(PQgetvalue(r.get(), i, 1), nullptr, 10))});
   }
   return rows;
 }

@@ -311,13 +311,12 @@ constexpr char kIndexScansSql[] = "SELECT set_config('enable_seqscan', 'off', tr
 
 struct Statements {
   Statement claim, classify, classify_single, complete, release, extend, purge, version, inspect;
-  Statement complete_ungated, index_plans, index_scans, claim_batch, classify_batch,
-      complete_batch;
+  Statement complete_ungated, index_plans, index_scans, claim_batch, classify_batch, complete_batch;
 
   std::vector<const Statement*> All() const {
-    return {&claim,   &classify, &classify_single, &complete,    &complete_ungated,
-            &release, &extend,   &purge,           &version,     &inspect,
-            &index_plans, &index_scans, &claim_batch, &classify_batch, &complete_batch};
+    return {&claim,       &classify,    &classify_single, &complete,       &complete_ungated,
+            &release,     &extend,      &purge,           &version,        &inspect,
+            &index_plans, &index_scans, &claim_batch,     &classify_batch, &complete_batch};
   }
 };
 
@@ -332,11 +331,11 @@ Statements MakeStatements(const internal::pg::Tables& t) {
                     {kTextOid, kByteaOid, kInt8Oid, kInt8Oid, kByteaOid, kInt8Oid, kInt4Oid,
                      kByteaOid, kByteaOid}),
       .classify = make("classify", kClassifySql, {kTextOid, kByteaOid, kByteaOid}),
-      .classify_single = make("classify_single", kClassifySingleSql,
-                              {kTextOid, kByteaOid, kByteaOid, kInt8Oid}),
-      .complete = make("complete", kCompleteSql,
-                       {kTextOid, kByteaOid, kInt8Oid, kInt8Oid, kByteaOid, kByteaOid, kByteaOid,
-                        kByteaOid}),
+      .classify_single =
+          make("classify_single", kClassifySingleSql, {kTextOid, kByteaOid, kByteaOid, kInt8Oid}),
+      .complete = make(
+          "complete", kCompleteSql,
+          {kTextOid, kByteaOid, kInt8Oid, kInt8Oid, kByteaOid, kByteaOid, kByteaOid, kByteaOid}),
       .release = make("release", kReleaseSql, {kTextOid, kByteaOid, kInt8Oid, kInt8Oid}),
       .extend = make("extend", kExtendSql, {kTextOid, kByteaOid, kInt8Oid, kInt8Oid, kInt8Oid}),
       .purge = make("purge", kPurgeSql, {kInt8Oid}),
@@ -1115,9 +1114,11 @@ class PostgresStore final : public DedupStore {
   // have changed since counts: a held record, a version at or above the request's (the upsert's
   // own gate read the same snapshot); a record missing from it or dead-lettered by it is left
   // undecided (inserted, or taken by a consumer with a higher max_attempts, in between).
-  [[nodiscard]] absl::StatusOr<std::optional<ClaimOutcome>> Refusal(
-      const ClaimRequest& request, const ClaimArgs& args, const PGresult* classify,
-      int row_index, int column, bool snapshot) {
+  [[nodiscard]] absl::StatusOr<std::optional<ClaimOutcome>> Refusal(const ClaimRequest& request,
+                                                                    const ClaimArgs& args,
+                                                                    const PGresult* classify,
+                                                                    int row_index, int column,
+                                                                    bool snapshot) {
     if (PQntuples(classify) <= row_index) {
       return absl::InternalError("postgres: classify returned no row");
     }

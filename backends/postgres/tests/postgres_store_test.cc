@@ -177,12 +177,14 @@ TEST(PostgresStore, ClaimBatchGivesEachEntryItsOwnOutcome) {
   // "fp" held with fingerprint a.
   auto done = s.Claim(Claim("done"));
   ASSERT_TRUE(done.ok());
-  ASSERT_TRUE(s.Complete({.scope = kScope, .id = "done", .token = done->token, .result = "r"}).ok());
+  ASSERT_TRUE(
+      s.Complete({.scope = kScope, .id = "done", .token = done->token, .result = "r"}).ok());
   ClaimRequest v = Claim("v");
   v.version = VersionStamp{.key = "k", .version = 5};
   auto vc = s.Claim(v);
   ASSERT_TRUE(vc.ok());
-  ASSERT_TRUE(s.Complete({.scope = kScope, .id = "v", .token = vc->token, .version = v.version}).ok());
+  ASSERT_TRUE(
+      s.Complete({.scope = kScope, .id = "v", .token = vc->token, .version = v.version}).ok());
   ClaimRequest poison = Claim("poison");
   poison.max_attempts = 1;
   auto pc = s.Claim(poison);
@@ -200,9 +202,11 @@ TEST(PostgresStore, ClaimBatchGivesEachEntryItsOwnOutcome) {
   other_fp.fingerprint = Fingerprint::Of("b");
   ClaimRequest fresh_limited = Claim("fresh-limited");
   fresh_limited.max_attempts = 3;
-  const std::vector<ClaimRequest> batch = {
-      Claim("fresh"), Claim("done"), stale, newer, poison, other_fp, Claim("fresh"),
-      fresh_limited, Claim("fresh"), ClaimRequest{.scope = kScope, .id = ""}};
+  const std::vector<ClaimRequest> batch = {Claim("fresh"), Claim("done"),
+                                           stale,          newer,
+                                           poison,         other_fp,
+                                           Claim("fresh"), fresh_limited,
+                                           Claim("fresh"), ClaimRequest{.scope = kScope, .id = ""}};
   std::vector<absl::StatusOr<ClaimResult>> out = s.ClaimBatch(batch);
   ASSERT_EQ(out.size(), batch.size());
   for (std::size_t i = 0; i + 1 < out.size(); ++i) ASSERT_TRUE(out[i].ok()) << i << out[i].status();
