@@ -7,7 +7,6 @@
 #include <deque>
 #include <exception>
 #include <map>
-#include <set>
 #include <string>
 #include <thread>
 #include <utility>
@@ -259,8 +258,6 @@ absl::StatusOr<int> KafkaConsumer::PollOnce() {
       p.held.pop_front();
     }
   }
-  std::set<PartitionKey> in_batch;  // partitions with held messages in this batch
-  for (const MessagePtr& msg : batch) in_batch.insert({rd_kafka_topic_name(msg->rkt), msg->partition});
   rd_kafka_message_t* m = rd_kafka_consumer_poll(
       im.consumer.get(), batch.empty() ? static_cast<int>(im.options.poll_timeout.count()) : 0);
   while (m != nullptr) {
@@ -413,7 +410,6 @@ absl::StatusOr<int> KafkaConsumer::PollOnce() {
   }
   for (auto& [pk, msgs] : hold) im.Hold(pk, std::move(msgs), hold_delay[pk]);
   im.ResumeDrained();
-  (void)in_batch;
   return static_cast<int>(messages.size());
 }
 
