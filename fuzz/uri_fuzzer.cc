@@ -7,6 +7,7 @@
 #include <string_view>
 
 #include "idem/memory_store.h"
+#include "idem/postgres_store.h"
 #include "idem/redis_store.h"
 #include "idem/sqlite_store.h"
 #include "internal/uri.h"
@@ -32,6 +33,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (!sqlite.ok() && sqlite.status().message().size() > 512) std::abort();
   const absl::StatusOr<idem::RedisStoreOptions> redis = idem::ParseRedisUri(text);
   if (!redis.ok() && redis.status().message().size() > 512) std::abort();
+  const absl::StatusOr<idem::PostgresStoreOptions> postgres = idem::ParsePostgresUri(text);
+  if (!postgres.ok() && postgres.status().message().size() > 512) std::abort();
   if (text.substr(0, 7) == "memory:") {
     const auto memory = idem::OpenMemoryStoreFromUri(text);
     if (!memory.ok() && memory.status().message().size() > 512) std::abort();

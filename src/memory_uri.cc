@@ -1,4 +1,4 @@
-// OpenMemoryStoreFromUri, over the store URI grammar (internal/uri.h).
+// ParseMemoryUri and OpenMemoryStoreFromUri, over the store URI grammar (internal/uri.h).
 #include <string>
 #include <string_view>
 #include <utility>
@@ -9,8 +9,7 @@
 
 namespace idem {
 
-absl::StatusOr<std::unique_ptr<DedupStore>> OpenMemoryStoreFromUri(std::string_view text,
-                                                                   const OpenOptions& options) {
+absl::StatusOr<MemoryStoreOptions> ParseMemoryUri(std::string_view text) {
   constexpr std::string_view kScheme = "memory";
   IDEM_ASSIGN_OR_RETURN(const internal::Uri uri, internal::ParseUri(text));
   if (uri.scheme != kScheme) return internal::UriError(kScheme, "the scheme must be memory:");
@@ -53,6 +52,12 @@ absl::StatusOr<std::unique_ptr<DedupStore>> OpenMemoryStoreFromUri(std::string_v
                                          "shards", "max_id_bytes"});
     }
   }
+  return store_options;
+}
+
+absl::StatusOr<std::unique_ptr<DedupStore>> OpenMemoryStoreFromUri(std::string_view text,
+                                                                   const OpenOptions& options) {
+  IDEM_ASSIGN_OR_RETURN(MemoryStoreOptions store_options, ParseMemoryUri(text));
   store_options.clock = options.clock;
   if (options.token_source) store_options.token_source = options.token_source;
   return NewMemoryStore(std::move(store_options));

@@ -106,7 +106,8 @@ TEST(OpenStore, ErrorsQuoteAtMostAShortPrefixOfTheInput) {
   for (const std::string& uri :
        {absl::StrCat("memory:?", huge, "=1"), absl::StrCat("memory:?capacity=", huge),
         absl::StrCat("memory:", huge), absl::StrCat(huge, "://h"), absl::StrCat("nosuch", huge, ":"),
-        absl::StrCat("memory:?capacity=1&", huge)}) {
+        absl::StrCat("memory:?capacity=1&", huge), absl::StrCat("redis://", huge, ":1/0"),
+        absl::StrCat("unix:///", huge), absl::StrCat("sqlite:///x.db?", huge, "=1")}) {
     const absl::Status status = OpenStore(uri).status();
     EXPECT_FALSE(status.ok());
     EXPECT_LT(status.message().size(), 400u) << status.message().substr(0, 200);

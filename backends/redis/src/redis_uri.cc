@@ -95,6 +95,7 @@ absl::StatusOr<RedisStoreOptions> ParseRedisUri(std::string_view text) {
   TakeUserInfo(uri, options);
   if (uri.scheme == "redis") {
     if (uri.host.empty()) return UriError("the host is missing");
+    if (uri.host.size() > 255) return UriError("the host is longer than a DNS name (255 bytes)");
     for (char c : uri.host) {
       if (!(absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' ||
             c == '_' || c == ':' || c == '%')) {
@@ -113,6 +114,7 @@ absl::StatusOr<RedisStoreOptions> ParseRedisUri(std::string_view text) {
       return UriError("a unix:// URI takes no host: unix:///path/to.sock");
     }
     if (uri.path.size() < 2) return UriError("the socket path is missing: unix:///path/to.sock");
+    if (uri.path.size() > 107) return UriError("the socket path is longer than 107 bytes");
     options.unix_socket = uri.path;
   }
   IDEM_RETURN_IF_ERROR(ParseQuery(uri, options));
