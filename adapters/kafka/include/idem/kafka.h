@@ -20,6 +20,11 @@
 // partition whose earlier message turned out kInProgress or failed: they are completed, not
 // stored, and come again as kDuplicate (their effect ran before the earlier message's).
 //
+// A copy of a message that this same batch claimed and completed (a producer retry that wrote
+// the record twice, back to back) gets kInProgress from ProcessBatch, since the first copy's claim
+// is open until the batch completes; it is retried at once (and comes back kDuplicate) rather
+// than after the lease.
+//
 // Message ids: the header `id_header` (the producer's id, so a producer retry that wrote the
 // record twice is a kDuplicate); without it "<topic>/<partition>/<offset>" (which only dedups
 // redeliveries). The version gate key is the message key; its version the decimal header
