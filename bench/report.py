@@ -9,7 +9,7 @@ idem_msgs_per_s. The median over repetitions when there are several.
 
   report.py OUT_DIR [--mode quick|full] [--redis-version TEXT]
 
-Reads OUT_DIR/{memory,sqlite,redis}.json, and OUT_DIR/peer-N.jsonl with OUT_DIR/peer-idem-N.json
+Reads OUT_DIR/{memory,sqlite,redis,postgres,adapters}.json, and OUT_DIR/peer-N.jsonl with OUT_DIR/peer-idem-N.json
 (the peer's rounds and idem's redis lease / batch 100 measured between them), when present; writes
 OUT_DIR/results.md, OUT_DIR/chart.dat, OUT_DIR/throughput.png (when gnuplot is installed).
 """
@@ -22,6 +22,8 @@ import subprocess
 import sys
 
 BACKENDS = ["memory", "sqlite-normal", "sqlite-full", "redis", "postgres"]
+# The broker adapters (adapters.json): patterns are the dedup store idem runs on; no chart.
+ADAPTER_BACKENDS = ["redis-streams", "kafka-mock"]
 BATCHES = [1, 10, 100, 1000]
 
 # (description, kind, args, minimum). kind "ratio": idem/raw of (backend, pattern);
@@ -52,7 +54,7 @@ PEER_COMPARISON = {"sequential": ("redis", "lease"), "inflight64": ("redis", "ba
 def load_benchmarks(out_dir):
     """Returns {(backend, pattern, impl): msgs_per_s} and the list of errors."""
     rates, errors = {}, []
-    for name in ("memory", "sqlite", "redis", "postgres"):
+    for name in ("memory", "sqlite", "redis", "postgres", "adapters"):
         path = os.path.join(out_dir, name + ".json")
         if not os.path.exists(path):
             continue
@@ -119,7 +121,8 @@ def fmt(n):
 
 
 def pattern_order(pattern):
-    order = ["lease", "lease_2threads", "txn"] + [f"batch{b}" for b in BATCHES]
+    order = (["lease", "lease_2threads", "txn"] + [f"batch{b}" for b in BATCHES] +
+             ["sqlite", "redis"])
     return (order.index(pattern) if pattern in order else len(order), pattern)
 
 
@@ -157,12 +160,14 @@ def main():
     parser.add_argument("out_dir")
     parser.add_argument("--mode", default="quick")
     parser.add_argument("--redis-version", default="")
+    parser.add_argument("--command", default="", help="the run.sh command line, for the context")
     args = parser.parse_args()
 
     rates, errors = load_benchmarks(args.out_dir)
     peer, idem_beside_peer = load_peer(args.out_dir)
     pairs = sorted({(b, p) for (b, p, _) in rates},
-                   key=lambda bp: (BACKENDS.index(bp[0]) if bp[0] in BACKENDS else 99,
+                   key=lambda bp: ((BACKENDS + ADAPTER_BACKENDS).index(bp[0])
+                                   if bp[0] in BACKENDS + ADAPTER_BACKENDS else 99,
                                    pattern_order(bp[1])))
 
     lines = []
@@ -220,7 +225,7 @@ def main():
             verdict = "met" if value >= minimum else "MISSED"
             target_lines.append(f"TARGET {description}: {value:.2f} {verdict}")
 
-    command = "bench/run.sh" + (" --quick" if args.mode == "quick" else "")
+    command = args.command or ("bench/run.sh" + (" --quick" if args.mode == "quick" else ""))
     context = (f"`{command}` ({args.mode} run); {machine()}; "
                f"{args.redis_version.split(' sha=')[0]} on loopback, appendonly yes, "
                f"appendfsync everysec; SQLite {sqlite_version()} WAL, checkpoints untimed "

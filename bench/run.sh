@@ -3,13 +3,15 @@
 # raw and idem side by side for every backend, runs the Powertools peer where Node.js is present,
 # prints the table (with RATIO / PEER / TARGET lines) and draws the throughput chart.
 #
-#   bench/run.sh [--quick] [--publish] [--no-peer]
+#   bench/run.sh [--quick] [--publish] [--no-peer] [--adapters]
 #
 #   --quick     short runs, 1M-row pre-fill only (under two minutes once built)
 #               (a full run also pre-fills 10M rows, about 100 s the first time; the files are
 #               kept in BUILD_DIR/bench-data and reused)
 #   --publish   also copy the table and the chart to bench/results/ (what the README shows)
 #   --no-peer   skip the Powertools peer even if node is installed
+#   --adapters  only the broker adapters (Redis Streams, Kafka on librdkafka's mock cluster), each
+#               against the same consumer loop without idem, with SQLite and Redis as the store
 #
 # Environment: BUILD_DIR (default build-bench), JOBS (default 2), IDEM_BENCH_REDIS_PORT
 # (default 26479), IDEM_BENCH_PG_PORT (default 26432). PostgreSQL 15 runs as a private cluster
@@ -27,6 +29,7 @@ cd "$(dirname "$0")/.."
 repo=$(pwd)
 
 quick=0
+adapters_only=0
 publish=0
 peer=1
 for arg in "$@"; do
@@ -34,7 +37,8 @@ for arg in "$@"; do
     --quick) quick=1 ;;
     --publish) publish=1 ;;
     --no-peer) peer=0 ;;
-    *) sed -n '2,22p' "$0"; exit 2 ;;
+    --adapters) adapters_only=1 ;;
+    *) sed -n '2,24p' "$0"; exit 2 ;;
   esac
 done
 
@@ -55,7 +59,7 @@ for tool_pkg in cmake:cmake ninja:ninja-build gnuplot:gnuplot-nox redis-server:r
   command -v "${tool_pkg%%:*}" >/dev/null 2>&1 || missing+=("${tool_pkg#*:}")
 done
 for pkg in libbenchmark-dev libhiredis-dev libsqlite3-dev libabsl-dev libxxhash-dev libpq-dev \
-           postgresql; do
+           postgresql librdkafka-dev; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" ||
     missing+=("$pkg")
 done
@@ -69,9 +73,13 @@ fi
 echo "run.sh: building (Release) in $build"
 cmake -S "$repo" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DIDEM_BUILD_BENCHMARKS=ON \
   -DIDEM_BUILD_TESTS=OFF -DIDEM_BUILD_TOOLS=OFF -DIDEM_WITH_SQLITE=ON -DIDEM_WITH_REDIS=ON \
-  -DIDEM_WITH_POSTGRES=ON >/dev/null
-cmake --build "$build" -j"$jobs" --target idem_bench_memory idem_bench_sqlite idem_bench_redis \
-  idem_bench_postgres
+  -DIDEM_WITH_POSTGRES=ON -DIDEM_WITH_KAFKA=ON -DIDEM_WITH_REDIS_STREAMS=ON >/dev/null
+if ((adapters_only)); then
+  backends=(adapters)
+else
+  backends=(memory sqlite redis postgres adapters)
+fi
+cmake --build "$build" -j"$jobs" --target "${backends[@]/#/idem_bench_}"
 
 rm -rf "$out" "$build/bench-redis"
 mkdir -p "$out" "$data" "$build/bench-redis"
@@ -104,8 +112,10 @@ redis-cli -h 127.0.0.1 -p "$port" ping >/dev/null
 
 # ---- a private PostgreSQL cluster, stopped by PID ----------------------------------------------
 pg_port=${IDEM_BENCH_PG_PORT:-26432}
-sh backends/postgres/tests/pg_server.sh start "$pg_port" "$pg_state" >/dev/null
-export IDEM_BENCH_PG_URI="postgresql://postgres@127.0.0.1:$pg_port/idem_test"
+if ! ((adapters_only)); then
+  sh backends/postgres/tests/pg_server.sh start "$pg_port" "$pg_state" >/dev/null
+  export IDEM_BENCH_PG_URI="postgresql://postgres@127.0.0.1:$pg_port/idem_test"
+fi
 
 # ---- the suite ---------------------------------------------------------------------------------
 if ((quick)); then
@@ -121,7 +131,7 @@ else
   peer_seconds=3
 fi
 export IDEM_BENCH_DIR=$data IDEM_BENCH_PREFILL=$prefill IDEM_BENCH_REDIS_PORT=$port
-for backend in memory sqlite redis postgres; do
+for backend in "${backends[@]}"; do
   echo "run.sh: idem_bench_$backend"
   "$build/bench/idem_bench_$backend" "${gbench[@]}" \
     --benchmark_out="$out/$backend.json" --benchmark_out_format=json
@@ -130,7 +140,9 @@ done
 # ---- the peer: Powertools for AWS Lambda (TypeScript) idempotency on the same Redis ----------
 # Round-trip latency on an idle VM drifts (vCPU wake-ups), so the peer and idem's comparable
 # benchmarks (redis lease and batch 100) run in alternating rounds; the report takes medians.
-if ((peer)) && command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
+if ((adapters_only)); then
+  :  # the peer is measured beside idem's Redis benchmarks, which an adapters-only run skips
+elif ((peer)) && command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
   echo "run.sh: peer (Powertools idempotency, Node.js $(node --version)), 3 rounds beside idem"
   (cd bench/peer && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
   for round in 1 2 3; do
@@ -146,7 +158,8 @@ fi
 
 # ---- the table, the chart --------------------------------------------------------------------
 mode=$( ((quick)) && echo quick || echo full)
-python3 bench/report.py "$out" --mode "$mode" --redis-version "$(redis-server --version)"
+python3 bench/report.py "$out" --mode "$mode" --redis-version "$(redis-server --version)" \
+  --command "bench/run.sh${*:+ $*}"
 if ((publish)); then
   mkdir -p bench/results
   cp "$out/results.md" "$out/throughput.png" bench/results/
