@@ -58,7 +58,7 @@ timeval ToTimeval(milliseconds d) {
 }
 
 // RabbitMQ's reply codes to status codes: the ones Run() treats as final get their own codes.
-absl::Status CodeStatus(int code, std::string_view what, std::string_view text) {
+absl::Status CodeStatus(int code, const std::string& what, const std::string& text) {
   const std::string msg = absl::StrCat("rabbitmq: ", what, ": ", code, " ", text);
   switch (code) {
     case 403:  // ACCESS_REFUSED (also a bad login)
@@ -73,7 +73,7 @@ absl::Status CodeStatus(int code, std::string_view what, std::string_view text) 
   }
 }
 
-absl::Status MethodStatus(const amqp_method_t& m, std::string_view what) {
+absl::Status MethodStatus(const amqp_method_t& m, const std::string& what) {
   if (m.id == AMQP_CONNECTION_CLOSE_METHOD) {
     const auto* c = static_cast<const amqp_connection_close_t*>(m.decoded);
     return CodeStatus(c->reply_code, absl::StrCat(what, " (connection closed)"),
@@ -88,7 +88,7 @@ absl::Status MethodStatus(const amqp_method_t& m, std::string_view what) {
                                              absl::Hex(m.id)));
 }
 
-absl::Status ReplyStatus(const amqp_rpc_reply_t& r, std::string_view what) {
+absl::Status ReplyStatus(const amqp_rpc_reply_t& r, const std::string& what) {
   switch (r.reply_type) {
     case AMQP_RESPONSE_NORMAL:
       return absl::OkStatus();
@@ -106,7 +106,7 @@ absl::Status ReplyStatus(const amqp_rpc_reply_t& r, std::string_view what) {
   return absl::UnknownError(absl::StrCat("rabbitmq: ", what, ": unknown reply type"));
 }
 
-absl::Status LibStatus(int rc, std::string_view what) {
+absl::Status LibStatus(int rc, const std::string& what) {
   if (rc == AMQP_STATUS_OK) return absl::OkStatus();
   if (rc == AMQP_STATUS_TIMEOUT) {
     return absl::DeadlineExceededError(absl::StrCat("rabbitmq: ", what, ": timed out"));
@@ -181,18 +181,20 @@ AmqpDelivery ToDelivery(const amqp_envelope_t& env, RetryMode mode) {
 }
 
 // The headers of a republished copy: the original table (any kinds, shallow copies that point
-// into the envelope) minus the names in `extra`, plus `extra` as long strings or integers.
+// into the envelope, which must outlive this) minus the names given here, plus those as long
+// strings or integers. Owns copies of the added names and values, so the entries stay valid.
 class HeaderTable {
  public:
   HeaderTable(const amqp_basic_properties_t& p,
-              const std::vector<std::pair<std::string, std::string>>& text,
-              const std::vector<std::pair<std::string, int64_t>>& ints) {
+              std::vector<std::pair<std::string, std::string>> text,
+              std::vector<std::pair<std::string, int64_t>> ints)
+      : text_(std::move(text)), ints_(std::move(ints)) {
     auto replaced = [&](amqp_bytes_t key) {
       const std::string_view k(static_cast<const char*>(key.bytes), key.len);
-      for (const auto& [name, v] : text) {
+      for (const auto& [name, v] : text_) {
         if (name == k) return true;
       }
-      for (const auto& [name, v] : ints) {
+      for (const auto& [name, v] : ints_) {
         if (name == k) return true;
       }
       return false;
@@ -202,14 +204,14 @@ class HeaderTable {
         if (!replaced(p.headers.entries[i].key)) entries_.push_back(p.headers.entries[i]);
       }
     }
-    for (const auto& [name, v] : text) {
+    for (const auto& [name, v] : text_) {
       amqp_table_entry_t e{};
       e.key = Bytes(name);
       e.value.kind = AMQP_FIELD_KIND_UTF8;
       e.value.value.bytes = Bytes(v);
       entries_.push_back(e);
     }
-    for (const auto& [name, v] : ints) {
+    for (const auto& [name, v] : ints_) {
       amqp_table_entry_t e{};
       e.key = Bytes(name);
       e.value.kind = AMQP_FIELD_KIND_I64;
@@ -217,12 +219,17 @@ class HeaderTable {
       entries_.push_back(e);
     }
   }
+  HeaderTable(const HeaderTable&) = delete;
+  HeaderTable& operator=(const HeaderTable&) = delete;
+
   amqp_table_t table() {
     return amqp_table_t{.num_entries = static_cast<int>(entries_.size()),
                         .entries = entries_.empty() ? nullptr : entries_.data()};
   }
 
  private:
+  const std::vector<std::pair<std::string, std::string>> text_;
+  const std::vector<std::pair<std::string, int64_t>> ints_;
   std::vector<amqp_table_entry_t> entries_;
 };
 

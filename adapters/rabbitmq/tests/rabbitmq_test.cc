@@ -86,8 +86,8 @@ bool AllEmpty(const std::map<std::string, int64_t>& counts) {
 }
 
 TEST(RabbitMqTest, RejectsBadOptions) {
-  MemoryStore store;
-  IDEM_ASSERT_OK_AND_ASSIGN(Processor p, Processor::Create(store, "rmq"));
+  IDEM_ASSERT_OK_AND_ASSIGN(std::unique_ptr<DedupStore> store, NewMemoryStore());
+  IDEM_ASSERT_OK_AND_ASSIGN(Processor p, Processor::Create(*store, "rmq"));
   auto handler = [](const AmqpDelivery&, HandlerContext&) {};
   RabbitMqOptions o = FastOptions("");
   EXPECT_EQ(RabbitMqConsumer::Create(o, p, handler).status().code(),
@@ -120,8 +120,8 @@ TEST(RabbitMqTest, RejectsBadOptions) {
 }
 
 TEST(RabbitMqTest, RetryTiersRoundDelaysUp) {
-  MemoryStore store;
-  IDEM_ASSERT_OK_AND_ASSIGN(Processor p, Processor::Create(store, "rmq"));
+  IDEM_ASSERT_OK_AND_ASSIGN(std::unique_ptr<DedupStore> store, NewMemoryStore());
+  IDEM_ASSERT_OK_AND_ASSIGN(Processor p, Processor::Create(*store, "rmq"));
   IDEM_ASSERT_OK_AND_ASSIGN(auto c, RabbitMqConsumer::Create(FastOptions("q"), p,
                                                              [](const AmqpDelivery&, HandlerContext&) {}));
   EXPECT_EQ(c->RetryQueueFor(milliseconds(0)), "q.retry.20ms");
@@ -133,8 +133,8 @@ TEST(RabbitMqTest, RetryTiersRoundDelaysUp) {
 
 TEST(RabbitMqTest, AcksDuplicatesAndDeadLettersConflictsAndMissingIds) {
   const std::string queue = Unique("basic");
-  MemoryStore store;
-  IDEM_ASSERT_OK_AND_ASSIGN(Processor p, Processor::Create(store, "rmq"));
+  IDEM_ASSERT_OK_AND_ASSIGN(std::unique_ptr<DedupStore> store, NewMemoryStore());
+  IDEM_ASSERT_OK_AND_ASSIGN(Processor p, Processor::Create(*store, "rmq"));
   std::vector<std::string> runs;
   IDEM_ASSERT_OK_AND_ASSIGN(
       auto c, RabbitMqConsumer::Create(FastOptions(queue), p,
@@ -172,8 +172,8 @@ TEST(RabbitMqTest, AcksDuplicatesAndDeadLettersConflictsAndMissingIds) {
 
 TEST(RabbitMqTest, IdFromAHeaderOrAFunction) {
   const std::string queue = Unique("idsrc");
-  MemoryStore store;
-  IDEM_ASSERT_OK_AND_ASSIGN(Processor p, Processor::Create(store, "rmq"));
+  IDEM_ASSERT_OK_AND_ASSIGN(std::unique_ptr<DedupStore> store, NewMemoryStore());
+  IDEM_ASSERT_OK_AND_ASSIGN(Processor p, Processor::Create(*store, "rmq"));
   std::vector<std::string> runs;
   auto handler = [&](const AmqpDelivery&, HandlerContext& ctx) {
     runs.push_back(std::string(ctx.message_id()));
@@ -214,8 +214,8 @@ TEST(RabbitMqTest, IdFromAHeaderOrAFunction) {
 
 TEST(RabbitMqTest, PoisonGoesToTheDeadLetterQueueAfterMaxAttempts) {
   const std::string queue = Unique("poison");
-  MemoryStore store;
-  IDEM_ASSERT_OK_AND_ASSIGN(Processor p, Processor::Create(store, "rmq", {.max_attempts = 3}));
+  IDEM_ASSERT_OK_AND_ASSIGN(std::unique_ptr<DedupStore> store, NewMemoryStore());
+  IDEM_ASSERT_OK_AND_ASSIGN(Processor p, Processor::Create(*store, "rmq", {.max_attempts = 3}));
   int runs = 0;
   IDEM_ASSERT_OK_AND_ASSIGN(
       auto c, RabbitMqConsumer::Create(FastOptions(queue), p, [&](const AmqpDelivery&, HandlerContext&) {
@@ -242,10 +242,10 @@ TEST(RabbitMqTest, PoisonGoesToTheDeadLetterQueueAfterMaxAttempts) {
 // consumer's prefetch window) and is taken over once that lease has ended.
 TEST(RabbitMqTest, InProgressWaitsInARetryQueueUntilTheOtherLeaseEnds) {
   const std::string queue = Unique("inprog");
-  MemoryStore store;
-  IDEM_ASSERT_OK_AND_ASSIGN(Processor p, Processor::Create(store, "rmq"));
+  IDEM_ASSERT_OK_AND_ASSIGN(std::unique_ptr<DedupStore> store, NewMemoryStore());
+  IDEM_ASSERT_OK_AND_ASSIGN(Processor p, Processor::Create(*store, "rmq"));
   IDEM_ASSERT_OK_AND_ASSIGN(ClaimResult held,
-                            store.Claim({.scope = "rmq", .id = "i-1", .lease = milliseconds(300)}));
+                            store->Claim({.scope = "rmq", .id = "i-1", .lease = milliseconds(300)}));
   ASSERT_EQ(held.status, ClaimStatus::kAcquired);
   int runs = 0;
   IDEM_ASSERT_OK_AND_ASSIGN(
@@ -265,10 +265,10 @@ TEST(RabbitMqTest, InProgressWaitsInARetryQueueUntilTheOtherLeaseEnds) {
 
 TEST(RabbitMqTest, NackRequeueModeHoldsTheDeliveryThenRequeuesIt) {
   const std::string queue = Unique("requeue");
-  MemoryStore store;
-  IDEM_ASSERT_OK_AND_ASSIGN(Processor p, Processor::Create(store, "rmq"));
+  IDEM_ASSERT_OK_AND_ASSIGN(std::unique_ptr<DedupStore> store, NewMemoryStore());
+  IDEM_ASSERT_OK_AND_ASSIGN(Processor p, Processor::Create(*store, "rmq"));
   IDEM_ASSERT_OK_AND_ASSIGN(ClaimResult held,
-                            store.Claim({.scope = "rmq", .id = "r-1", .lease = milliseconds(300)}));
+                            store->Claim({.scope = "rmq", .id = "r-1", .lease = milliseconds(300)}));
   ASSERT_EQ(held.status, ClaimStatus::kAcquired);
   int runs = 0;
   RabbitMqOptions o = FastOptions(queue);
@@ -293,8 +293,8 @@ TEST(RabbitMqTest, NackRequeueModeHoldsTheDeliveryThenRequeuesIt) {
 // processed once the store answers again.
 TEST(RabbitMqTest, StoreErrorsRetryWithoutRunningTheHandler) {
   const std::string queue = Unique("storeerr");
-  MemoryStore store;
-  IDEM_ASSERT_OK_AND_ASSIGN(Processor p, Processor::Create(store, "rmq"));
+  IDEM_ASSERT_OK_AND_ASSIGN(std::unique_ptr<DedupStore> store, NewMemoryStore());
+  IDEM_ASSERT_OK_AND_ASSIGN(Processor p, Processor::Create(*store, "rmq"));
   int failures_left = 2, runs = 0;
   IDEM_ASSERT_OK_AND_ASSIGN(
       auto c, RabbitMqConsumer::Create(
@@ -318,8 +318,8 @@ TEST(RabbitMqTest, StoreErrorsRetryWithoutRunningTheHandler) {
 
 TEST(RabbitMqTest, VersionGateFromHeaders) {
   const std::string queue = Unique("version");
-  MemoryStore store;
-  IDEM_ASSERT_OK_AND_ASSIGN(Processor p, Processor::Create(store, "rmq"));
+  IDEM_ASSERT_OK_AND_ASSIGN(std::unique_ptr<DedupStore> store, NewMemoryStore());
+  IDEM_ASSERT_OK_AND_ASSIGN(Processor p, Processor::Create(*store, "rmq"));
   std::vector<std::string> runs;
   RabbitMqOptions o = FastOptions(queue);
   o.version_key_header = "user";

@@ -68,7 +68,7 @@ int main(int argc, char** argv) {
   const int outcomes = open(argv[8], O_WRONLY | O_APPEND | O_CREAT, 0644);
   if (outcomes < 0) return Fail("cannot open the outcomes file");
   o.on_decision = [outcomes](const idem::AmqpDelivery& d, const idem::Decision& decision) {
-    Append(outcomes, absl::StrCat(d.message_id.value_or("-"), " ", idem::ActionName(decision.action),
+    Append(outcomes, absl::StrCat(d.message_id.value_or("-"), " ", std::string(idem::ActionName(decision.action)),
                                   " ", decision.reason.substr(0, decision.reason.find(' ')), " ",
                                   d.redelivered ? 1 : 0, " ", getpid(), "\n"));
   };
