@@ -404,6 +404,11 @@ TEST(RabbitMqRestartTest, ConsumerReconnectsAfterABrokerRestartAndLosesNothing) 
     stop = true;
     consumer.join();
     IDEM_EXPECT_OK(run_status);
+    EXPECT_GE(c->stats().connects, 2u) << "the consumer never reconnected";
+    std::printf("restart: %llu connects, %llu redelivered, %llu duplicates acked\n",
+                static_cast<unsigned long long>(c->stats().connects),
+                static_cast<unsigned long long>(c->stats().redelivered),
+                static_cast<unsigned long long>(c->stats().duplicates));
     c.reset();  // closes the channel: anything still unacked would be requeued and counted
     EXPECT_EQ(amqp.Count(queue), 0);
   }
