@@ -93,7 +93,8 @@ enum class StoreKind { kSqlite, kRedis };
 
 absl::StatusOr<std::unique_ptr<DedupStore>> MakeStore(StoreKind kind) {
   if (kind == StoreKind::kSqlite) {
-    const std::string dir = EnvString("IDEM_BENCH_DIR", std::filesystem::temp_directory_path().string());
+    const std::string dir =
+        EnvString("IDEM_BENCH_DIR", std::filesystem::temp_directory_path().string());
     const std::string path = absl::StrCat(dir, "/", UniqueName("adapter"), ".db");
     return NewSqliteStore({.path = path});
   }
@@ -152,7 +153,8 @@ Context ConnectRedis() {
 
 class RawStreamSide : public Side {
  public:
-  RawStreamSide() : producer_(ConnectRedis()), consumer_(ConnectRedis()), stream_(UniqueName("rs")) {
+  RawStreamSide()
+      : producer_(ConnectRedis()), consumer_(ConnectRedis()), stream_(UniqueName("rs")) {
     if (producer_ == nullptr || consumer_ == nullptr) return;
     Command(consumer_.get(), {"XGROUP", "CREATE", stream_, "g", "0", "MKSTREAM"});
   }
@@ -512,7 +514,9 @@ void RunPairedConsume(benchmark::State& state, Side& raw, Side& idem) {
   };
   state.counters["raw_msgs_per_s"] = rate(raw_time);
   state.counters["idem_msgs_per_s"] = rate(idem_time);
-  if (trace) std::fprintf(stderr, "done: %lld iterations\n", static_cast<long long>(state.iterations()));
+  if (trace) {
+    std::fprintf(stderr, "done: %lld iterations\n", static_cast<long long>(state.iterations()));
+  }
 }
 
 void RedisStreamsPair(benchmark::State& state, StoreKind kind) {

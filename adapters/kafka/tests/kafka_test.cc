@@ -227,7 +227,9 @@ TEST(KafkaInProcessTest, InProgressPausesThePartitionKeepsOrderAndNeverCommitsPa
   cluster.Flush();
   // Most of the other claim's lease is left: poll through part of it.
   const auto quiet_until = claimed_at + kLease / 2;
-  while (std::chrono::steady_clock::now() < quiet_until) IDEM_ASSERT_OK(consumer->PollOnce().status());
+  while (std::chrono::steady_clock::now() < quiet_until) {
+    IDEM_ASSERT_OK(consumer->PollOnce().status());
+  }
   EXPECT_EQ(std::count(runs.begin(), runs.end(), "held"), 0);
   EXPECT_EQ(std::count(runs.begin(), runs.end(), "a2"), 0) << "a later message ran before held";
   EXPECT_EQ(std::count(runs.begin(), runs.end(), "a3"), 0) << "a later message ran before held";

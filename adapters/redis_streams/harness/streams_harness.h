@@ -132,7 +132,8 @@ struct StreamReport {
 // kProcessed, and the dead-letter stream holds exactly the poison entries (max_attempts) plus one
 // entry of each conflicting pair (conflict).
 StreamReport CheckStreams(RedisClient& redis, const std::string& stream,
-                          const std::vector<std::string>& entry_ids, const std::vector<Spec>& specs);
+                          const std::vector<std::string>& entry_ids,
+                          const std::vector<Spec>& specs);
 
 // What the lease-mode effect ledger ("id token pid" per handler run) says.
 struct LedgerReport {
