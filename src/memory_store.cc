@@ -1,6 +1,8 @@
 #include "idem/memory_store.h"
 
+#include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <bit>
 #include <cstddef>
 #include <deque>
@@ -14,6 +16,7 @@
 #include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
 #include "internal/adaptive_mutex.h"
+#include "internal/list_cursor.h"
 #include "internal/store_counters.h"
 #include "internal/strings.h"
 #include "internal/token.h"
@@ -214,6 +217,7 @@ class MemoryStore final : public DedupStore {
     if (request.result) r->result = std::string(*request.result);
     if (!r->fingerprint) r->fingerprint = request.fingerprint;
     Counters::Add(shard.counters.completed);
+    NotifyWaiters();
     return status;
   }
 
@@ -228,6 +232,7 @@ class MemoryStore final : public DedupStore {
     r->state = RecordState::kReleased;
     r->lease_until = 0;
     r->expires_at = clock_->NowMillis() + options_.retention.count();
+    NotifyWaiters();
     return absl::OkStatus();
   }
 
@@ -303,6 +308,115 @@ class MemoryStore final : public DedupStore {
   }
 
   std::string_view BackendName() const override { return "memory"; }
+
+  // --- Operator calls and waiting (store.h).
+
+  absl::StatusOr<ListPage> List(const ListRequest& request) override {
+    if (absl::Status s = ValidateListRequest(request); !s.ok()) return s;
+    absl::StatusOr<std::optional<std::string>> after = internal::DecodeIdCursor(request.cursor);
+    if (!after.ok()) return after.status();
+    std::string prefix(request.scope);
+    prefix.push_back('\0');
+    // The shards hash their keys, so a page is the smallest ids after the cursor over all of
+    // them: O(records) per page, fine for an operator's listing of an in-process store.
+    std::vector<ListedRecord> found;
+    for (Shard& shard : shards_) {
+      std::lock_guard<internal::AdaptiveMutex> lock(shard.mu);
+      const int64_t now = clock_->NowMillis();
+      for (const auto& [key, r] : shard.records) {
+        if (!key.starts_with(prefix)) continue;
+        std::string_view id = std::string_view(key).substr(prefix.size());
+        if (after->has_value() && id <= **after) continue;
+        RecordInfo info{.state = r.state,
+                        .token = r.token,
+                        .attempts = r.attempts,
+                        .lease_until_ms = r.state == RecordState::kInProgress ? r.lease_until : 0,
+                        .expires_at_ms = r.expires_at,
+                        .fingerprint = r.fingerprint,
+                        .result = r.result};
+        if (!MatchesListFilter(info, request.filter, request.max_attempts, now)) continue;
+        found.push_back(ListedRecord{.id = std::string(id), .info = std::move(info)});
+      }
+    }
+    std::sort(found.begin(), found.end(),
+              [](const ListedRecord& a, const ListedRecord& b) { return a.id < b.id; });
+    ListPage page;
+    if (found.size() > request.limit) {
+      found.resize(request.limit);
+      page.next_cursor = internal::EncodeIdCursor(found.back().id);
+    }
+    page.records = std::move(found);
+    return page;
+  }
+
+  absl::Status ResetAttempts(std::string_view scope, std::string_view id,
+                             uint64_t token) override {
+    if (absl::Status s = ValidateOwnerArgs(scope, id, token); !s.ok()) return s;
+    {
+      const std::string& key = LookupKey(KeyBuffer::kRecord, scope, id);
+      const std::size_t hash = HashOf(key);
+      Shard& shard = ShardFor(hash);
+      std::lock_guard<internal::AdaptiveMutex> lock(shard.mu);
+      auto it = shard.records.find(key, hash);
+      if (it == shard.records.end()) return absl::NotFoundError("reset: no record for this id");
+      Record& r = it->second;
+      const int64_t now = clock_->NowMillis();
+      if (r.token != token) {
+        return absl::AbortedError("reset refused: the record's token changed since it was read");
+      }
+      if (r.state == RecordState::kCompleted) {
+        return absl::FailedPreconditionError("reset refused: the record is COMPLETED");
+      }
+      if (r.state == RecordState::kInProgress && r.lease_until > now) {
+        return absl::FailedPreconditionError("reset refused: the record is a live claim");
+      }
+      r.state = RecordState::kReleased;
+      r.attempts = 0;
+      r.lease_until = 0;
+      r.expires_at = now + options_.retention.count();
+    }
+    NotifyWaiters();
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<bool> WaitForCompletion(
+      std::string_view scope, std::string_view id,
+      std::chrono::steady_clock::time_point deadline) override {
+    if (absl::Status s = ValidateScope(scope); !s.ok()) return s;
+    if (absl::Status s = ValidateId(id, options_.max_id_bytes); !s.ok()) return s;
+    // Counted before the first look at the record, so that a completion that follows it sees a
+    // waiter and notifies (its shard lock orders the two).
+    waiters_.fetch_add(1, std::memory_order_seq_cst);
+    struct Leave {
+      std::atomic<int>& waiters;
+      ~Leave() { waiters.fetch_sub(1, std::memory_order_seq_cst); }
+    } leave{waiters_};
+    while (true) {
+      uint64_t seen;
+      {
+        std::lock_guard<std::mutex> lock(wait_mu_);
+        seen = wait_generation_;
+      }
+      {
+        const std::string& key = LookupKey(KeyBuffer::kRecord, scope, id);
+        const std::size_t hash = HashOf(key);
+        Shard& shard = ShardFor(hash);
+        std::lock_guard<internal::AdaptiveMutex> lock(shard.mu);
+        auto it = shard.records.find(key, hash);
+        if (it == shard.records.end() || it->second.state != RecordState::kInProgress ||
+            it->second.lease_until <= clock_->NowMillis()) {
+          return true;
+        }
+      }
+      if (std::chrono::steady_clock::now() >= deadline) return false;
+      // Woken by a completion, release or reset; at most every 50 ms it looks again, because a
+      // lease ends by the store's clock (maybe a manual one), which tells nobody.
+      std::unique_lock<std::mutex> lock(wait_mu_);
+      wait_changed_.wait_until(
+          lock, std::min(deadline, std::chrono::steady_clock::now() + std::chrono::milliseconds(50)),
+          [&] { return wait_generation_ != seen; });
+    }
+  }
 
  private:
   // The maps' own hash of a key, computed once per call: its top bits pick the shard (the maps'
@@ -410,6 +524,21 @@ class MemoryStore final : public DedupStore {
   std::atomic<std::size_t> count_{0};
   std::atomic<std::size_t> version_count_{0};
   std::atomic<uint64_t> next_seq_{0};
+  // WaitForCompletion: waiters block on wait_changed_ until wait_generation_ moves. Writers that
+  // end a claim notify only when waiters_ > 0, so the hot path pays one relaxed load.
+  std::atomic<int> waiters_{0};
+  std::mutex wait_mu_;
+  std::condition_variable wait_changed_;
+  uint64_t wait_generation_ = 0;  // guarded by wait_mu_
+
+  void NotifyWaiters() {
+    if (waiters_.load(std::memory_order_seq_cst) == 0) return;
+    {
+      std::lock_guard<std::mutex> lock(wait_mu_);
+      ++wait_generation_;
+    }
+    wait_changed_.notify_all();
+  }
 };
 
 }  // namespace

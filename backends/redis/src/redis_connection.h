@@ -97,6 +97,10 @@ class Connection {
   // For a reply the caller cannot make sense of: the replies still to come would be misread.
   void MarkBroken() { broken_ = true; }
 
+  // Sets the bound on each later read and write (a subscriber waiting for a message sets how
+  // long it waits). Unavailable if hiredis refuses it.
+  absl::Status SetTimeout(std::chrono::milliseconds timeout);
+
  private:
   Connection(ContextPtr context, std::string endpoint)
       : context_(std::move(context)), endpoint_(std::move(endpoint)) {}

@@ -137,7 +137,8 @@ return {'acquired', attempts, took_over}
 //            result (if any). A fingerprint the claim stored stays.
 //   ARGV[4]  version (20 digits), with KEYS[2]
 // Reply: 1 completed, 2 stale (COMPLETED, the version not applied), 0 aborted (the token does
-// not own an IN_PROGRESS claim; nothing changed).
+// not own an IN_PROGRESS claim; nothing changed). A completion is published on the channel named
+// as the record's key, for WaitForCompletion (with no subscriber, PUBLISH costs next to nothing).
 inline constexpr std::string_view kCompleteBody = R"lua(
 local old = redis.call('GET', KEYS[1])
 if not old then return 0 end
@@ -170,6 +171,8 @@ if string.byte(old, 23) % 2 == 1 then
 end
 -- The header (token, attempts, keep) stays; only the state changes.
 redis.call('SET', KEYS[1], '\1C' .. string.sub(old, 3, 22) .. tail, 'PX', ARGV[2])
+-- Tells a delivery waiting for this claim (WaitForCompletion), on the channel named as the key.
+redis.call('PUBLISH', KEYS[1], 'completed')
 return outcome
 )lua";
 
@@ -186,6 +189,7 @@ if #old < 23 or string.byte(old, 1) ~= 1 then
 end
 if string.sub(old, 2, 10) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], '\1R' .. string.sub(old, 3), 'PX', ARGV[2])
+redis.call('PUBLISH', KEYS[1], 'released')
 return 1
 )lua";
 

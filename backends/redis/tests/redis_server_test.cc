@@ -431,9 +431,10 @@ TEST(RedisServerScripts, ABatchIsOneRoundTripOfOnlyTheCommandsItNeeds) {
   const auto after_complete = counters();
   const auto calls_after_completes = CommandCalls(*server);
   // A completion is one script that reads the record and writes it once: no TIME, no second
-  // write for the fingerprint or the TTL.
+  // write for the fingerprint or the TTL. Its one PUBLISH tells a delivery waiting for the claim
+  // (WaitForCompletion), inside the same script: no extra round trip.
   EXPECT_EQ(CallsBetween(calls_before_completes, calls_after_completes),
-            (Calls{{"evalsha", kBatch}, {"get", kBatch}, {"set", kBatch}}));
+            (Calls{{"evalsha", kBatch}, {"get", kBatch}, {"publish", kBatch}, {"set", kBatch}}));
   for (const auto& status : done) EXPECT_THAT(status, IsOkAndHolds(Eq(CompleteStatus::kCompleted)));
   EXPECT_GE(after_complete.second - before_complete.second - baseline_commands, kBatch);
   EXPECT_LE(after_complete.first - before_complete.first - baseline_reads, 2)

@@ -25,6 +25,7 @@
 #include "absl/synchronization/mutex.h"
 #include "internal/store_counters.h"
 #include "internal/token.h"
+#include "sqlite_admin.h"
 #include "sqlite_internal.h"
 
 namespace idem {
@@ -397,6 +398,21 @@ class SqliteStore final : public DedupStore {
   StoreStats Stats() const override { return counters_.Snapshot(); }
 
   std::string_view BackendName() const override { return "sqlite"; }
+
+  // Operator calls (sqlite_admin.cc). WaitForCompletion is the default: Inspect polled with
+  // backoff (another process may complete the claim, and SQLite tells nobody).
+  absl::StatusOr<ListPage> List(const ListRequest& request) override {
+    absl::MutexLock lock(&mu_);
+    return internal::SqliteList(db_.get(), request, clock_->NowMillis());
+  }
+  absl::Status ResetAttempts(std::string_view scope, std::string_view id,
+                             uint64_t token) override {
+    if (absl::Status s = ValidateOwnerArgs(scope, id, token); !s.ok()) return s;
+    absl::MutexLock lock(&mu_);
+    const int64_t now = clock_->NowMillis();
+    return internal::SqliteResetAttempts(db_.get(), st_.txn, scope, id, token, now,
+                                         now + Retention());
+  }
 
  private:
   int64_t Retention() const { return options_.retention.count(); }
