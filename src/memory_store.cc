@@ -152,7 +152,7 @@ class MemoryStore final : public DedupStore {
     if (reclaim_expired) {
       // Retention ran out: the id is new again (documented; counted).
       Counters::Add(shard.counters.retention_reclaims);
-    } else if (absl::Status s = ReserveSlot(shard, now); !s.ok()) {
+    } else if (absl::Status s = ReserveSlot(shard); !s.ok()) {
       return s;
     }
     Record fresh{
@@ -353,31 +353,36 @@ class MemoryStore final : public DedupStore {
   }
 
   // Takes one slot of the capacity for a new record, evicting if configured (I7).
-  absl::Status ReserveSlot(Shard& shard, int64_t now) {
+  absl::Status ReserveSlot(Shard& shard) {
     if (count_.fetch_add(1, std::memory_order_relaxed) < options_.capacity) {
       return absl::OkStatus();
     }
-    if (options_.evict_oldest && EvictOldest(shard, now)) {
+    if (options_.evict_oldest && EvictOldest(shard)) {
       return absl::OkStatus();  // the evicted record's slot is reused
     }
     count_.fetch_sub(1, std::memory_order_relaxed);
     Counters::Add(shard.counters.capacity_rejections);
     return absl::ResourceExhaustedError(absl::StrCat(
         "in-memory store is full (capacity=", options_.capacity,
-        options_.evict_oldest ? "; nothing evictable in this shard" : "; eviction is off",
+        options_.evict_oldest ? "; no COMPLETED record to evict in this shard" : "; eviction is off",
         "); the claim was not recorded"));
   }
 
-  // Evicts the oldest record of `shard` that is not a live claim. Returns whether one was.
-  bool EvictOldest(Shard& shard, int64_t now) {
+  // Evicts the oldest COMPLETED record of `shard`. Returns whether one was.
+  //
+  // Only COMPLETED records: a RELEASED record, or an IN_PROGRESS one whose lease ended, holds the
+  // attempt count that max_attempts is judged by; evicting it would let the next claim start
+  // again at attempt 1, so a poison message would never be dead-lettered. A live claim is never
+  // evicted either. Evicting a COMPLETED record only forgets a duplicate early, which is what the
+  // capacity bound trades (I7).
+  bool EvictOldest(Shard& shard) {
     for (auto q = shard.order.begin(); q != shard.order.end();) {
       auto it = shard.records.find(q->first);
       if (it == shard.records.end() || it->second.seq != q->second) {
         q = shard.order.erase(q);  // its record was purged or replaced
         continue;
       }
-      const Record& r = it->second;
-      if (r.state == RecordState::kInProgress && r.lease_until > now) {
+      if (it->second.state != RecordState::kCompleted) {
         ++q;
         continue;
       }
