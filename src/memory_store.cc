@@ -14,6 +14,7 @@
 #include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
 #include "internal/adaptive_mutex.h"
+#include "internal/owner.h"
 #include "internal/store_counters.h"
 #include "internal/strings.h"
 #include "internal/token.h"
@@ -218,7 +219,10 @@ class MemoryStore final : public DedupStore {
   }
 
   absl::Status Release(std::string_view scope, std::string_view id, uint64_t token) override {
-    if (absl::Status s = ValidateOwnerArgs(scope, id, token); !s.ok()) return s;
+    if (absl::Status s = internal::ValidateOwnerArgs(scope, id, token, options_.max_id_bytes);
+        !s.ok()) {
+      return s;
+    }
     const std::string& key = LookupKey(KeyBuffer::kRecord, scope, id);
     const std::size_t hash = HashOf(key);
     Shard& shard = ShardFor(hash);
@@ -233,7 +237,10 @@ class MemoryStore final : public DedupStore {
 
   absl::StatusOr<int64_t> Extend(std::string_view scope, std::string_view id, uint64_t token,
                                  std::chrono::milliseconds lease) override {
-    if (absl::Status s = ValidateOwnerArgs(scope, id, token); !s.ok()) return s;
+    if (absl::Status s = internal::ValidateOwnerArgs(scope, id, token, options_.max_id_bytes);
+        !s.ok()) {
+      return s;
+    }
     if (absl::Status s = ValidateLease(lease); !s.ok()) return s;
     const std::string& key = LookupKey(KeyBuffer::kRecord, scope, id);
     const std::size_t hash = HashOf(key);
@@ -324,13 +331,6 @@ class MemoryStore final : public DedupStore {
     return it->second;
   }
 
-  absl::Status ValidateOwnerArgs(std::string_view scope, std::string_view id, uint64_t token) {
-    if (absl::Status s = ValidateScope(scope); !s.ok()) return s;
-    if (absl::Status s = ValidateId(id, options_.max_id_bytes); !s.ok()) return s;
-    if (token == 0) return absl::InvalidArgumentError("token 0 is never issued by a claim");
-    return absl::OkStatus();
-  }
-
   // The record if `token` owns its live claim, else nullptr.
   static Record* OwnedRecord(Shard& shard, const std::string& key, std::size_t hash,
                              uint64_t token) {
@@ -343,8 +343,7 @@ class MemoryStore final : public DedupStore {
 
   static absl::Status Fenced(Shard& shard, std::string_view operation) {
     Counters::Add(shard.counters.fenced);
-    return absl::AbortedError(absl::StrCat(
-        std::string(operation), " refused: the token no longer owns the claim (lease lost)"));
+    return internal::FencedError("memory", operation);
   }
 
   static bool IsPurgeable(const Record& r, int64_t now) {
@@ -362,10 +361,11 @@ class MemoryStore final : public DedupStore {
     }
     count_.fetch_sub(1, std::memory_order_relaxed);
     Counters::Add(shard.counters.capacity_rejections);
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "in-memory store is full (capacity=", options_.capacity,
-        options_.evict_oldest ? "; no COMPLETED record to evict in this shard" : "; eviction is off",
-        "); the claim was not recorded"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("in-memory store is full (capacity=", options_.capacity,
+                     options_.evict_oldest ? "; no COMPLETED record to evict in this shard"
+                                           : "; eviction is off",
+                     "); the claim was not recorded"));
   }
 
   // Evicts the oldest COMPLETED record of `shard`. Returns whether one was.

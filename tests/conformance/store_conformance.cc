@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "idem/processor.h"
+#include "internal/owner.h"
 #include "testing/status_matchers.h"
 
 namespace idem::testing {
@@ -132,6 +133,21 @@ TEST_P(StoreConformance, CompleteOrReleaseOfUnknownIdIsAborted) {
               StatusIs(absl::StatusCode::kAborted));
   EXPECT_THAT(store_->Release(kScope, "never-claimed", 12345),
               StatusIs(absl::StatusCode::kAborted));
+}
+
+TEST_P(StoreConformance, FencedRefusalsSayTheSameWordsInEveryBackendAndAreCounted) {
+  const ClaimResult claim = MustAcquire("m-1");
+  const uint64_t stale_token = claim.token + 1;
+  const uint64_t fenced_before = store_->Stats().fenced;
+  const std::string backend(store_->BackendName());
+  // absl::Status compares code and message.
+  EXPECT_EQ(store_->Complete(CompleteOf("m-1", stale_token)).status(),
+            internal::FencedError(backend, "complete"));
+  EXPECT_EQ(store_->Release(kScope, "m-1", stale_token), internal::FencedError(backend, "release"));
+  EXPECT_EQ(store_->Extend(kScope, "m-1", stale_token, Lease()).status(),
+            internal::FencedError(backend, "extend"));
+  EXPECT_EQ(store_->Stats().fenced, fenced_before + 3);
+  EXPECT_EQ(MustClaim("m-1").status, ClaimStatus::kInProgress) << "a refusal changes nothing";
 }
 
 TEST_P(StoreConformance, CompleteTwiceIsAbortedTheSecondTime) {
@@ -659,9 +675,8 @@ TEST_P(StoreConformance, ProcessBatchRenewsLateClaimsAndSkipsOnesLostMeanwhile) 
       Processor::Create(*store_, std::string(kScope),
                         ProcessorOptions{.lease = Lease(), .clock = &batch_clock}));
   IDEM_ASSERT_OK_AND_ASSIGN(auto rival, harness_->Open());
-  std::vector<Message> messages = {{.id = "r-0", .payload = "0"},
-                                   {.id = "r-1", .payload = "1"},
-                                   {.id = "r-2", .payload = "2"}};
+  std::vector<Message> messages = {
+      {.id = "r-0", .payload = "0"}, {.id = "r-1", .payload = "1"}, {.id = "r-2", .payload = "2"}};
   std::set<std::string> ran;
   auto out = processor.ProcessBatch(messages, [&](HandlerContext& c) {
     ran.insert(std::string(c.message_id()));

@@ -19,6 +19,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "internal/owner.h"
 #include "internal/status_macros.h"
 #include "internal/store_counters.h"
 #include "internal/strings.h"
@@ -471,10 +472,7 @@ absl::StatusOr<ReplyPtr> RedisStore::RunCommand(std::span<const std::string_view
 
 absl::Status RedisStore::Fenced(std::string_view operation) {
   internal::StoreCounters::Add(counters_.fenced);
-  return absl::AbortedError(
-      Cat("redis ", operation,
-          ": the token no longer owns the claim (taken over after its lease, released, completed, "
-          "or expired)"));
+  return internal::FencedError("redis", operation);
 }
 
 // A claim is one round trip: TIME, then per message either
@@ -527,8 +525,8 @@ std::vector<absl::StatusOr<ClaimResult>> RedisStore::ClaimBatch(
   const bool plain_claims = plain_claims_.load(std::memory_order_relaxed);
   for (size_t i = 0; i < requests.size(); ++i) {
     const ClaimRequest& request = requests[i];
+    // ValidateClaimRequest bounds the lease (ValidateLease) below 2^40 ms, as the scripts need.
     absl::Status status = ValidateClaimRequest(request, options_.max_id_bytes);
-    if (status.ok()) status = CheckMillis(request.lease, "lease", false);
     absl::StatusOr<uint64_t> token = status.ok() ? NextToken() : status;
     if (!token.ok()) {
       out[i] = token.status();
@@ -678,11 +676,8 @@ std::vector<absl::StatusOr<CompleteStatus>> RedisStore::CompleteBatch(
   std::vector<absl::Status> refusals;
   for (size_t i = 0; i < requests.size(); ++i) {
     const CompleteRequest& request = requests[i];
+    // ValidateCompleteRequest refuses token 0 and bounds the retention below 2^40 ms.
     absl::Status status = ValidateCompleteRequest(request, options_.max_id_bytes);
-    if (status.ok() && request.token == 0) {
-      status = absl::InvalidArgumentError("complete: token 0 is never a claim's token");
-    }
-    if (status.ok()) status = CheckMillis(request.retention, "retention", true);
     if (!status.ok()) {
       refused[i] = true;
       refusals.push_back(std::move(status));
@@ -750,9 +745,7 @@ absl::Status RedisStore::ParseOwnerReply(const Replies& replies, std::string_vie
 }
 
 absl::Status RedisStore::Release(std::string_view scope, std::string_view id, uint64_t token) {
-  IDEM_RETURN_IF_ERROR(ValidateScope(scope));
-  IDEM_RETURN_IF_ERROR(ValidateId(id, options_.max_id_bytes));
-  if (token == 0) return absl::InvalidArgumentError("release: token 0 is never a claim's token");
+  IDEM_RETURN_IF_ERROR(internal::ValidateOwnerArgs(scope, id, token, options_.max_id_bytes));
   Commands calls("release", 1);
   calls.BeginScript(kRelease, 1);
   AppendRecordKey(calls.buffer(), options_.key_prefix, scope, id);
@@ -765,10 +758,8 @@ absl::Status RedisStore::Release(std::string_view scope, std::string_view id, ui
 
 absl::StatusOr<int64_t> RedisStore::Extend(std::string_view scope, std::string_view id,
                                            uint64_t token, std::chrono::milliseconds lease) {
-  IDEM_RETURN_IF_ERROR(ValidateScope(scope));
-  IDEM_RETURN_IF_ERROR(ValidateId(id, options_.max_id_bytes));
-  if (token == 0) return absl::InvalidArgumentError("extend: token 0 is never a claim's token");
-  IDEM_RETURN_IF_ERROR(CheckMillis(lease, "lease", false));
+  IDEM_RETURN_IF_ERROR(internal::ValidateOwnerArgs(scope, id, token, options_.max_id_bytes));
+  IDEM_RETURN_IF_ERROR(ValidateLease(lease));
   Commands calls("extend", 1);
   calls.BeginScript(kExtend, 1);
   AppendRecordKey(calls.buffer(), options_.key_prefix, scope, id);
@@ -784,7 +775,8 @@ absl::StatusOr<int64_t> RedisStore::Extend(std::string_view scope, std::string_v
 
 absl::StatusOr<int64_t> RedisStore::PurgeExpired(int64_t limit) {
   if (limit < 0) return absl::InvalidArgumentError("purge: limit must be >= 0");
-  // Every record carries a TTL (PEXPIRE), so the server deletes expired ones itself.
+  // Every record is written with a TTL (SET … PX; Extend moves it with PEXPIRE), so the server
+  // deletes expired ones itself.
   return 0;
 }
 
