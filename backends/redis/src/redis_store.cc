@@ -55,7 +55,7 @@ using internal::redis::VersionKey;
 // durations stay exact in Lua's doubles.
 constexpr int64_t kMaxMillis = int64_t{1} << 40;
 
-enum ScriptId { kClaim = 0, kComplete, kRelease, kExtend, kScriptCount };
+enum ScriptId { kClaim = 0, kComplete, kRelease, kExtend, kInspect, kScriptCount };
 
 struct ScriptInfo {
   std::string_view name;
@@ -66,6 +66,7 @@ constexpr std::array<ScriptInfo, kScriptCount> kScripts = {{
     {"complete", internal::redis::kCompleteScript},
     {"release", internal::redis::kReleaseScript},
     {"extend", internal::redis::kExtendScript},
+    {"inspect", internal::redis::kInspectScript},
 }};
 
 // Commands to pipeline, packed in one buffer: a batch costs a few allocations, not a few per
@@ -801,34 +802,21 @@ absl::StatusOr<std::optional<RecordInfo>> RedisStore::Inspect(std::string_view s
                                                               std::string_view id) {
   IDEM_RETURN_IF_ERROR(ValidateScope(scope));
   IDEM_RETURN_IF_ERROR(ValidateId(id, options_.max_id_bytes));
-  const std::string key = RecordKey(options_.key_prefix, scope, id);
-  // The record, its TTL and the clock they are read against, in one MULTI: one consistent view.
-  const std::string_view multi[] = {"MULTI"};
-  const std::string_view get[] = {"GET", key};
-  const std::string_view pttl[] = {"PTTL", key};
-  const std::string_view time[] = {"TIME"};
-  const std::string_view exec[] = {"EXEC"};
+  // The record, its TTL and the clock they are read against, in one read-only script: one
+  // consistent view, which Redis also serves above maxmemory (MULTI would be refused there).
+  Commands calls("inspect", 1);
+  calls.BeginScript(kInspect, 1);
+  AppendRecordKey(calls.buffer(), options_.key_prefix, scope, id);
+  calls.EndArg();
+  const Replies replies = Run(calls, /*read_time=*/false);
   const std::string what = What("inspect");
-  IDEM_ASSIGN_OR_RETURN(Pool::Handle connection, pool_.Acquire());
-  for (std::span<const std::string_view> command :
-       {std::span<const std::string_view>(multi), std::span<const std::string_view>(get),
-        std::span<const std::string_view>(pttl), std::span<const std::string_view>(time),
-        std::span<const std::string_view>(exec)}) {
-    IDEM_RETURN_IF_ERROR(connection->Append(command, "inspect"));
-  }
-  ReplyPtr reply;
-  for (int i = 0; i < 5; ++i) {  // +OK, QUEUED x3, then EXEC's array
-    IDEM_ASSIGN_OR_RETURN(reply, connection->GetReply("inspect"));
-    if (reply->type == REDIS_REPLY_ERROR) {
-      connection->MarkBroken();  // the replies still to come would be misread
-      return ErrorReplyStatus(ReplyString(reply.get()), what);
-    }
-  }
+  const redisReply* reply = replies.replies.front().get();
+  if (reply == nullptr) return replies.failure;
+  if (reply->type == REDIS_REPLY_ERROR) return ErrorReplyStatus(ReplyString(reply), what);
   if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 3) return UnexpectedReply(what);
   const redisReply* value = reply->element[0];
   const redisReply* ttl = reply->element[1];
   const redisReply* now = reply->element[2];
-  if (value->type == REDIS_REPLY_ERROR) return ErrorReplyStatus(ReplyString(value), what);
   if (value->type == REDIS_REPLY_NIL) return std::optional<RecordInfo>();
   int64_t seconds = 0;
   int64_t micros = 0;
