@@ -3,6 +3,7 @@
 #include "gtest/gtest.h"
 #include "idem/open_store.h"
 #include "idem/processor.h"
+#include "idem/store.h"
 #include "idem/types.h"
 #include "internal/big_endian.h"
 #include "testing/status_matchers.h"
@@ -11,6 +12,19 @@ namespace idem {
 namespace {
 
 using ::idem::testing::StatusIs;
+
+// A default argument on a virtual function is bound by the caller's static type; PurgeExpired
+// takes its limit explicitly.
+template <typename Store>
+concept PurgesWithoutALimit = requires(Store& store) {
+  store.PurgeExpired();
+};
+template <typename Store>
+concept PurgesWithALimit = requires(Store& store) {
+  store.PurgeExpired(0);
+};
+static_assert(!PurgesWithoutALimit<DedupStore>);
+static_assert(PurgesWithALimit<DedupStore>);
 
 TEST(BigEndian, RoundTripsAndOrdersAsUnsignedBytes) {
   EXPECT_EQ(internal::BigEndian(0x0102030405060708, 8), "\x01\x02\x03\x04\x05\x06\x07\x08");

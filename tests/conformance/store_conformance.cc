@@ -1,4 +1,5 @@
-// DESIGN.md §2–§5, checked against every backend. Each test reads as a sentence of the contract.
+// The DedupStore contract and the Processor over it (docs/design.md, "Records and states" to
+// "Modes"), checked against every backend. Each test reads as a sentence of the contract.
 #include "conformance/store_conformance.h"
 
 #include <atomic>
@@ -620,12 +621,29 @@ TEST_P(StoreConformance, HandlerExtendsItsLeaseAndLearnsWhenItLostIt) {
   IDEM_ASSERT_OK_AND_ASSIGN(
       Processor processor,
       Processor::Create(*store_, std::string(kScope), ProcessorOptions{.lease = Lease()}));
-  IDEM_ASSERT_OK(processor.Process(Message{.id = "long", .payload = "p"}, [&](HandlerContext& c) {
-    harness_->Advance(Lease() / 2);
-    IDEM_EXPECT_OK(c.ExtendLease(Lease() * 4));
-    harness_->Advance(Lease());
-    EXPECT_EQ(MustClaim("long").status, ClaimStatus::kInProgress);
-  }));
+  IDEM_ASSERT_OK_AND_ASSIGN(auto rival, harness_->Open());
+  absl::Status extended = absl::UnknownError("the handler did not run");
+  absl::Status lost = absl::UnknownError("the handler did not run");
+  absl::StatusOr<ProcessResult> result =
+      processor.Process(Message{.id = "long", .payload = "p"}, [&](HandlerContext& c) {
+        harness_->Advance(Lease() / 2);
+        extended = c.ExtendLease(Lease() * 4);
+        // Past the first lease, within the extended one: the claim still holds.
+        harness_->Advance(Lease());
+        EXPECT_EQ(MustClaim("long").status, ClaimStatus::kInProgress) << "the extension holds";
+        // Past the extended lease too: another consumer takes the message over.
+        harness_->Advance(Lease() * 4);
+        IDEM_ASSERT_OK_AND_ASSIGN(ClaimResult takeover,
+                                  rival->Claim(ClaimOf("long", Lease() * 20)));
+        EXPECT_EQ(takeover.status, ClaimStatus::kAcquired);
+        EXPECT_TRUE(takeover.took_over);
+        // The handler learns it lost the claim the next time it extends.
+        lost = c.ExtendLease(Lease() * 4);
+      });
+  IDEM_EXPECT_OK(extended);
+  EXPECT_THAT(lost, StatusIs(absl::StatusCode::kAborted));
+  EXPECT_THAT(result, StatusIs(absl::StatusCode::kAborted)) << "its completion is fenced too";
+  EXPECT_EQ(MustClaim("long").status, ClaimStatus::kInProgress) << "the rival owns the claim";
 }
 
 TEST_P(StoreConformance, ProcessBatchGivesPerMessageOutcomesAndRunsEachHandlerOnce) {
@@ -640,6 +658,13 @@ TEST_P(StoreConformance, ProcessBatchGivesPerMessageOutcomesAndRunsEachHandlerOn
     c.set_result("r-" + std::string(c.message_id()));
   };
   auto first = processor.ProcessBatch(std::span<const Message>(messages.data(), 5), handler);
+  ASSERT_EQ(first.size(), 5u);
+  for (std::size_t i = 0; i < first.size(); ++i) {
+    IDEM_ASSERT_OK(first[i]);
+    EXPECT_EQ(first[i]->outcome, Outcome::kProcessed) << i;
+    EXPECT_EQ(first[i]->attempt, 1u) << i;
+    EXPECT_THAT(first[i]->result, Optional(Eq(absl::StrCat("r-", ids[i])))) << i;
+  }
   auto second = processor.ProcessBatch(messages, handler);
   ASSERT_EQ(second.size(), messages.size());
   for (std::size_t i = 0; i < messages.size(); ++i) {

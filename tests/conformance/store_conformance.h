@@ -1,4 +1,5 @@
-// The conformance suite: DESIGN.md's semantics, checked by counting, for every backend.
+// The conformance suite: the DedupStore contract (include/idem/store.h; docs/design.md, "Records
+// and states", "Outcomes", "Invariants"), checked by counting, for every backend.
 //
 // A backend's test binary instantiates it with a harness that opens fresh, empty stores:
 //
