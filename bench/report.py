@@ -21,7 +21,7 @@ import shutil
 import subprocess
 import sys
 
-BACKENDS = ["memory", "sqlite-normal", "sqlite-full", "redis"]
+BACKENDS = ["memory", "sqlite-normal", "sqlite-full", "redis", "postgres"]
 BATCHES = [1, 10, 100, 1000]
 
 # (description, kind, args, minimum). kind "ratio": idem/raw of (backend, pattern);
@@ -40,6 +40,9 @@ TARGETS = [
     ("redis batch100 >= 0.5x raw", "ratio", ("redis", "batch100"), 0.5),
     ("redis batch100 >= 10x powertools inflight64", "peer", ("redis", "batch100", "inflight64"), 10),
     ("redis lease >= 1.5x powertools sequential", "peer", ("redis", "lease", "sequential"), 1.5),
+    ("postgres lease >= 0.9x raw", "ratio", ("postgres", "lease"), 0.9),
+    ("postgres transactional >= 0.9x raw", "ratio", ("postgres", "txn"), 0.9),
+    ("postgres batch100 >= 0.7x raw", "ratio", ("postgres", "batch100"), 0.7),
 ]
 
 # Which idem figure each peer pattern is compared with.
@@ -49,7 +52,7 @@ PEER_COMPARISON = {"sequential": ("redis", "lease"), "inflight64": ("redis", "ba
 def load_benchmarks(out_dir):
     """Returns {(backend, pattern, impl): msgs_per_s} and the list of errors."""
     rates, errors = {}, []
-    for name in ("memory", "sqlite", "redis"):
+    for name in ("memory", "sqlite", "redis", "postgres"):
         path = os.path.join(out_dir, name + ".json")
         if not os.path.exists(path):
             continue

@@ -12,7 +12,9 @@
 #   --no-peer   skip the Powertools peer even if node is installed
 #
 # Environment: BUILD_DIR (default build-bench), JOBS (default 2), IDEM_BENCH_REDIS_PORT
-# (default 26479). The redis-server listens on 127.0.0.1 only, with appendonly yes and
+# (default 26479), IDEM_BENCH_PG_PORT (default 26432). PostgreSQL 15 runs as a private cluster
+# (backends/postgres/tests/pg_server.sh: initdb in a temporary directory, 127.0.0.1 only, fsync and
+# synchronous_commit on, the defaults), stopped by its PID on exit. The redis-server listens on 127.0.0.1 only, with appendonly yes and
 # appendfsync everysec (Redis's default fsync policy), no RDB snapshots and no automatic AOF
 # rewrite (a rewrite forks mid-run and adds noise); it is stopped by its PID on exit.
 #
@@ -52,7 +54,8 @@ for tool_pkg in cmake:cmake ninja:ninja-build gnuplot:gnuplot-nox redis-server:r
                 python3:python3; do
   command -v "${tool_pkg%%:*}" >/dev/null 2>&1 || missing+=("${tool_pkg#*:}")
 done
-for pkg in libbenchmark-dev libhiredis-dev libsqlite3-dev libabsl-dev libxxhash-dev; do
+for pkg in libbenchmark-dev libhiredis-dev libsqlite3-dev libabsl-dev libxxhash-dev libpq-dev \
+           postgresql; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" ||
     missing+=("$pkg")
 done
@@ -66,19 +69,22 @@ fi
 echo "run.sh: building (Release) in $build"
 cmake -S "$repo" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DIDEM_BUILD_BENCHMARKS=ON \
   -DIDEM_BUILD_TESTS=OFF -DIDEM_BUILD_TOOLS=OFF -DIDEM_WITH_SQLITE=ON -DIDEM_WITH_REDIS=ON \
-  >/dev/null
-cmake --build "$build" -j"$jobs" --target idem_bench_memory idem_bench_sqlite idem_bench_redis
+  -DIDEM_WITH_POSTGRES=ON >/dev/null
+cmake --build "$build" -j"$jobs" --target idem_bench_memory idem_bench_sqlite idem_bench_redis \
+  idem_bench_postgres
 
 rm -rf "$out" "$build/bench-redis"
 mkdir -p "$out" "$data" "$build/bench-redis"
 
 # ---- a private redis-server, stopped by PID --------------------------------------------------
 redis_pid=
+pg_state=$build/bench-pg
 stop_redis() {
   if [ -n "$redis_pid" ] && kill -0 "$redis_pid" 2>/dev/null; then
     kill "$redis_pid"
     wait "$redis_pid" 2>/dev/null || true
   fi
+  sh backends/postgres/tests/pg_server.sh stop "$pg_state" >/dev/null 2>&1 || true
 }
 trap stop_redis EXIT
 if redis-cli -h 127.0.0.1 -p "$port" ping >/dev/null 2>&1; then
@@ -96,6 +102,11 @@ for _ in $(seq 50); do
 done
 redis-cli -h 127.0.0.1 -p "$port" ping >/dev/null
 
+# ---- a private PostgreSQL cluster, stopped by PID ----------------------------------------------
+pg_port=${IDEM_BENCH_PG_PORT:-26432}
+sh backends/postgres/tests/pg_server.sh start "$pg_port" "$pg_state" >/dev/null
+export IDEM_BENCH_PG_URI="postgresql://postgres@127.0.0.1:$pg_port/idem_test"
+
 # ---- the suite ---------------------------------------------------------------------------------
 if ((quick)); then
   gbench=(--benchmark_min_time=0.4)
@@ -110,7 +121,7 @@ else
   peer_seconds=3
 fi
 export IDEM_BENCH_DIR=$data IDEM_BENCH_PREFILL=$prefill IDEM_BENCH_REDIS_PORT=$port
-for backend in memory sqlite redis; do
+for backend in memory sqlite redis postgres; do
   echo "run.sh: idem_bench_$backend"
   "$build/bench/idem_bench_$backend" "${gbench[@]}" \
     --benchmark_out="$out/$backend.json" --benchmark_out_format=json

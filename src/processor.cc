@@ -64,6 +64,7 @@ ProcessResult OutcomeOfClaim(const ClaimResult& claim) {
     case ClaimStatus::kAcquired:  // not an outcome on its own; callers run the handler
     case ClaimStatus::kInProgress:
       out.outcome = Outcome::kInProgress;
+      out.lease_until_ms = claim.lease_until_ms;
       break;
     case ClaimStatus::kDuplicate:
       out.outcome = Outcome::kDuplicate;
@@ -92,6 +93,19 @@ absl::StatusOr<Processor> Processor::Create(DedupStore& store, std::string scope
   return Processor(store, std::move(scope), options);
 }
 
+ProcessResult Processor::NotAcquired(const ClaimResult& claim) const {
+  ProcessResult out = OutcomeOfClaim(claim);
+  if (out.outcome == Outcome::kInProgress && out.lease_until_ms > 0) {
+    Clock* clock = options_.store_clock;
+    if (clock == nullptr) {
+      clock = store_->BackendName() == "memory" ? &SteadyClock() : &SystemClock();
+    }
+    const int64_t left = out.lease_until_ms - clock->NowMillis();
+    if (left > 0) out.retry_after = std::chrono::milliseconds(left);
+  }
+  return out;
+}
+
 ClaimRequest Processor::MakeClaim(const Message& message) const {
   ClaimRequest request{.scope = scope_,
                        .id = message.id,
@@ -105,7 +119,7 @@ ClaimRequest Processor::MakeClaim(const Message& message) const {
 absl::StatusOr<ProcessResult> Processor::Process(const Message& message, Handler handler) const {
   const ClaimRequest request = MakeClaim(message);
   IDEM_ASSIGN_OR_RETURN(const ClaimResult claim, store_->Claim(request));
-  if (claim.status != ClaimStatus::kAcquired) return OutcomeOfClaim(claim);
+  if (claim.status != ClaimStatus::kAcquired) return NotAcquired(claim);
 
   HandlerContext context(store_, scope_, message.id, claim.attempt, claim.token);
   {
@@ -197,7 +211,7 @@ std::vector<absl::StatusOr<ProcessResult>> Processor::ProcessBatch(
     } else if (!claims[i].ok()) {
       out[i] = claims[i].status();
     } else if (claims[i]->status != ClaimStatus::kAcquired) {
-      out[i] = OutcomeOfClaim(*claims[i]);
+      out[i] = NotAcquired(*claims[i]);
     } else {
       entries.push_back(
           BatchEntry{.index = i, .token = claims[i]->token, .attempt = claims[i]->attempt});

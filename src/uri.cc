@@ -70,15 +70,16 @@ absl::StatusOr<Uri> Parse(std::string_view text, std::vector<Span>* secrets) {
     std::size_t host_begin = pos;
     if (const std::size_t at = authority.rfind('@'); at != std::string_view::npos) {
       const std::string_view userinfo = authority.substr(0, at);
+      // The whole userinfo is the secret: "a:b@" may be a user and a password, or (as Redis
+      // reads "secret@") a password holding ':', so no part of it is ever shown.
+      secrets->push_back({pos, pos + at});
       const std::size_t colon = userinfo.find(':');
       if (colon == std::string_view::npos) {
-        secrets->push_back({pos, pos + at});
         IDEM_ASSIGN_OR_RETURN(uri.user, PercentDecode(s, "user info", userinfo));
       } else {
-        secrets->push_back({pos + colon + 1, pos + at});
         IDEM_ASSIGN_OR_RETURN(uri.user, PercentDecode(s, "user name", userinfo.substr(0, colon)));
         IDEM_ASSIGN_OR_RETURN(uri.password,
-                                  PercentDecode(s, "password", userinfo.substr(colon + 1)));
+                              PercentDecode(s, "password", userinfo.substr(colon + 1)));
       }
       host_begin = pos + at + 1;
     }
@@ -105,6 +106,11 @@ absl::StatusOr<Uri> Parse(std::string_view text, std::vector<Span>* secrets) {
     }
     IDEM_ASSIGN_OR_RETURN(uri.host, PercentDecode(s, "host", hostport));
     pos = authority_end;
+    // After a non-empty authority a raw '@' can only be the end of a userinfo whose password held
+    // an unescaped '/' or '?': refuse it rather than read half a password as a path or query.
+    if (authority_end > scheme->second + 2 && text.find('@', authority_end) != std::string_view::npos) {
+      return UriError(s, "'@' after the host: percent-encode '/', '?' and '@' in a password");
+    }
   }
   IDEM_ASSIGN_OR_RETURN(uri.path, PercentDecode(s, "path", text.substr(pos, query_begin - pos)));
 
@@ -221,8 +227,8 @@ absl::StatusOr<int64_t> ParseUriInteger(std::string_view scheme, std::string_vie
 absl::StatusOr<bool> ParseUriBool(std::string_view scheme, std::string_view what,
                                   std::string_view value) {
   const std::string v = absl::AsciiStrToLower(ToAbsl(value));
-  if (v == "1" || v == "true" || v == "yes" || v == "on") return true;
-  if (v == "0" || v == "false" || v == "no" || v == "off") return false;
+  if (v == "1" || v == "true") return true;
+  if (v == "0" || v == "false") return false;
   return UriError(scheme, absl::StrCat(ToAbsl(what), " must be 0 or 1 (or true/false)"));
 }
 

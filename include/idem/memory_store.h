@@ -17,7 +17,9 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <string_view>
 
+#include "idem/open_options.h"
 #include "idem/store.h"
 #include "idem/types.h"
 
@@ -47,6 +49,18 @@ struct MemoryStoreOptions {
 // REQUIRES: options.capacity > 0. Returns InvalidArgument for a bad option.
 [[nodiscard]] absl::StatusOr<std::unique_ptr<DedupStore>> NewMemoryStore(
     MemoryStoreOptions options = {});
+
+// The options a memory: URI names (?capacity=N&evict=1&...), as OpenMemoryStoreFromUri reads
+// them; clock and token source are left unset. InvalidArgument for a malformed URI or an
+// unknown option. Programs that open a store by URI and must know its bound (idem-sim checks I7
+// against it) read it here rather than parse the URI themselves.
+[[nodiscard]] absl::StatusOr<MemoryStoreOptions> ParseMemoryUri(std::string_view uri);
+
+// Parses memory: with options ?capacity=N&max_version_keys=N&evict=0|1&retention_ms=N&shards=N&
+// max_id_bytes=N, then NewMemoryStore with `options`' clock and token source. Called by OpenStore
+// for memory: URIs. InvalidArgument for a malformed URI or an unknown option.
+[[nodiscard]] absl::StatusOr<std::unique_ptr<DedupStore>> OpenMemoryStoreFromUri(
+    std::string_view uri, const OpenOptions& options = {});
 
 }  // namespace idem
 

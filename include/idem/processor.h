@@ -1,5 +1,5 @@
 // Processor: wraps a message handler so that it runs once per message id (lease mode,
-// DESIGN.md §5), on any DedupStore.
+// docs/design.md, "Modes"), on any DedupStore.
 //
 //   claim (with lease) -> handler -> complete (fenced by the claim's token)
 //                                \-> release, if the handler throws
@@ -55,6 +55,11 @@ struct ProcessResult {
   std::optional<std::string> result;
   // The attempt number of this run (kProcessed), or the attempts recorded so far.
   uint32_t attempt = 0;
+  // kInProgress: when the other claim's lease ends, in the store's clock (milliseconds), and how
+  // long from now that is by ProcessorOptions::store_clock (zero when it already ended or the
+  // store did not say). A consumer loop redelivers the message no sooner than that (OutcomePolicy).
+  int64_t lease_until_ms = 0;
+  std::chrono::milliseconds retry_after{0};
 };
 
 // What a handler sees of its own claim.
@@ -102,6 +107,11 @@ struct ProcessorOptions {
   // Measures how long a batch has been running: past half a lease, ProcessBatch renews each
   // remaining claim before running its handler. nullptr: SteadyClock(). Not owned.
   Clock* clock = nullptr;
+  // The store's clock, to turn the lease end of another claim (kInProgress) into
+  // ProcessResult::retry_after. nullptr: SteadyClock() for the "memory" backend (its default),
+  // SystemClock() otherwise (SQLite's default; Redis counts in server time, assumed close to this
+  // host's wall clock: a skew only shifts when the message is retried). Not owned.
+  Clock* store_clock = nullptr;
 };
 
 class Processor {
@@ -133,13 +143,16 @@ class Processor {
       : store_(&store), scope_(std::move(scope)), options_(options) {}
 
   ClaimRequest MakeClaim(const Message& message) const;
+  // OutcomeOfClaim, with retry_after filled in from the store's clock.
+  ProcessResult NotAcquired(const ClaimResult& claim) const;
 
   DedupStore* store_;
   std::string scope_;
   ProcessorOptions options_;
 };
 
-// Maps a claim that was not acquired to the consumer's outcome.
+// Maps a claim that was not acquired to the consumer's outcome (lease_until_ms included;
+// retry_after stays zero: only a Processor knows the store's clock).
 // REQUIRES: claim.status != ClaimStatus::kAcquired.
 ProcessResult OutcomeOfClaim(const ClaimResult& claim);
 

@@ -5,6 +5,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "idem/open_store.h"
 
 namespace idem::sim {
 
@@ -88,12 +89,13 @@ std::string_view FaultName(Fault fault) {
 std::string DescribeConfig(const SimConfig& c) {
   return absl::StrFormat(
       "%s--mode=%s --seed=%d --messages=%d --keys=%d --consumers=%d --processes=%d "
-      "--dup-rate=%g --conflict-rate=%g --reorder-window=%d --crash-rate=%g --pause-rate=%g "
+      "--dup-rate=%g --conflict-rate=%g --unversioned-rate=%g --reorder-window=%d --crash-rate=%g "
+      "--pause-rate=%g "
       "--store-error-rate=%g --outage-rate=%g --lost-reply-rate=%g --lease-ms=%d --batch=%d%s",
-      c.store_uri.empty() ? "" : absl::StrCat("--store=", c.store_uri, " "), ModeName(c.mode),
-      c.seed, c.messages, c.keys, c.consumers, c.processes, c.dup_rate, c.conflict_rate,
-      c.reorder_window, c.crash_rate, c.pause_rate, c.store_error_rate, c.outage_rate,
-      c.lost_reply_rate, c.lease_ms, c.batch,
+      c.store_uri.empty() ? "" : absl::StrCat("--store=", RedactUri(c.store_uri), " "),
+      ModeName(c.mode), c.seed, c.messages, c.keys, c.consumers, c.processes, c.dup_rate,
+      c.conflict_rate, c.unversioned_rate, c.reorder_window, c.crash_rate, c.pause_rate,
+      c.store_error_rate, c.outage_rate, c.lost_reply_rate, c.lease_ms, c.batch,
       c.sabotage == Sabotage::kNone
           ? ""
           : absl::StrCat(" --sabotage=", std::string(SabotageName(c.sabotage))));
@@ -111,6 +113,7 @@ absl::Status ValidateConfig(const SimConfig& c) {
   if (c.batch < 1 || c.batch > 1000) return bad("--batch must be in 1..1000");
   for (auto [name, rate] : {std::pair<std::string_view, double>{"--dup-rate", c.dup_rate},
                             {"--conflict-rate", c.conflict_rate},
+                            {"--unversioned-rate", c.unversioned_rate},
                             {"--crash-rate", c.crash_rate},
                             {"--pause-rate", c.pause_rate},
                             {"--store-error-rate", c.store_error_rate},
@@ -120,8 +123,8 @@ absl::Status ValidateConfig(const SimConfig& c) {
       return bad(absl::StrCat(std::string(name), " must be in [0, 1]"));
     }
   }
-  if (c.sabotage != Sabotage::kNone && (c.mode != Mode::kLease || c.processes > 0)) {
-    return bad("--sabotage wraps the store of the in-process lease mode only");
+  if (c.sabotage != Sabotage::kNone && c.mode != Mode::kLease) {
+    return bad("--sabotage wraps the DedupStore of lease mode; transactional mode has none");
   }
   const double per_attempt =
       c.crash_rate + c.pause_rate + c.store_error_rate + c.outage_rate + c.lost_reply_rate;

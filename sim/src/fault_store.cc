@@ -93,17 +93,17 @@ class FaultInjectingStore final : public ForwardingStore {
       absl::StatusOr<ClaimResult> r =
           k < got.size() ? std::move(got[k]) : absl::InternalError("short batch reply");
       CallContext::InHand* h = ctx == nullptr ? nullptr : ctx->Find(requests[i].id);
-      if (h != nullptr && r.ok()) hooks_.oracle->ClaimApplied(h->message, *r, now);
+      if (h != nullptr && r.ok()) hooks_.sink->ClaimApplied(h->message, *r, now);
       Trace(h, absl::StrCat("claim -> ", Describe(r)));
       if (h != nullptr && r.ok() && Take(h, Fault::kLostReplyOnClaim)) {
         const uint64_t token = r->status == ClaimStatus::kAcquired ? r->token : 0;
-        hooks_.oracle->FaultInjected(h->message, token, Fault::kLostReplyOnClaim);
+        hooks_.sink->FaultInjected(h->message, token, Fault::kLostReplyOnClaim);
         Trace(h, "  ...the claim's reply is lost");
         out[i] = LostReplyError();
         continue;
       }
       if (h != nullptr && r.ok() && r->status == ClaimStatus::kAcquired) {
-        hooks_.oracle->ClaimReturned(r->token);
+        hooks_.sink->ClaimReturned(r->token);
         h->token = r->token;
       }
       out[i] = std::move(r);
@@ -142,11 +142,11 @@ class FaultInjectingStore final : public ForwardingStore {
           k < got.size() ? std::move(got[k]) : absl::InternalError("short batch reply");
       CallContext::InHand* h = ctx == nullptr ? nullptr : ctx->Find(requests[i].id);
       if (h != nullptr) {
-        hooks_.oracle->CompleteApplied(h->message, requests[i].token, requests[i].version, r, now);
+        hooks_.sink->CompleteApplied(h->message, requests[i].token, requests[i].version, r, now);
       }
       Trace(h, absl::StrCat("complete token=", requests[i].token, " -> ", Describe(r)));
       if (h != nullptr && r.ok() && Take(h, Fault::kLostReplyOnComplete)) {
-        hooks_.oracle->FaultInjected(h->message, requests[i].token, Fault::kLostReplyOnComplete);
+        hooks_.sink->FaultInjected(h->message, requests[i].token, Fault::kLostReplyOnComplete);
         Trace(h, "  ...the completion's reply is lost");
         out[i] = LostReplyError();
         continue;
@@ -163,7 +163,7 @@ class FaultInjectingStore final : public ForwardingStore {
     if (OutageActive()) return OutageError();
     absl::Status s = inner().Release(scope, id, token);
     CallContext::InHand* h = ctx == nullptr ? nullptr : ctx->Find(id);
-    if (h != nullptr) hooks_.oracle->ReleaseApplied(h->message, token, s);
+    if (h != nullptr) hooks_.sink->ReleaseApplied(h->message, token, s);
     Trace(h, absl::StrCat("release token=", token, " -> ", s.ToString()));
     return s;
   }
@@ -197,16 +197,16 @@ class FaultInjectingStore final : public ForwardingStore {
     // could otherwise chain outages into a store that never comes back.
     if (!OutageActive() && h != nullptr && Take(h, Fault::kStoreOutage)) {
       outage_until_ = hooks_.time->Now() + hooks_.outage_ms;
-      hooks_.oracle->FaultInjected(h->message, token, Fault::kStoreOutage);
+      hooks_.sink->FaultInjected(h->message, token, Fault::kStoreOutage);
       Trace(h, absl::StrCat("store outage until t=", outage_until_));
     }
     if (OutageActive()) {
       // A completion lost to the outage explains a later run of the same id.
-      if (h != nullptr && token != 0) hooks_.oracle->RunFaulted(token);
+      if (h != nullptr && token != 0) hooks_.sink->RunFaulted(token);
       return OutageError();
     }
     if (Take(h, once)) {
-      hooks_.oracle->FaultInjected(h->message, token, once);
+      hooks_.sink->FaultInjected(h->message, token, once);
       return InjectedError();
     }
     return absl::OkStatus();

@@ -2,7 +2,8 @@
 //  - the fault injector sits between the library and the store. It fails calls (once, or for an
 //    outage), loses replies after the store applied a write, swallows the calls of a crashed
 //    consumer (a dead process's calls never arrive), offers a scheduling point before each call,
-//    and reports what the store applied to the oracle;
+//    and reports what the store applied to an EventSink (the oracle, or in a consumer process
+//    the event log the oracle will replay);
 //  - the sabotaged store breaks one invariant on purpose, to prove the oracle notices.
 //
 // Thread-safety: both are as thread-safe as the store they wrap, but the fault injector's
@@ -50,7 +51,7 @@ struct CallContext {
 CallContext*& CurrentCallContext();
 
 struct FaultHooks {
-  Oracle* oracle = nullptr;
+  EventSink* sink = nullptr;
   SimTime* time = nullptr;
   // A point where the scheduler may switch to another consumer.
   std::function<void()> scheduling_point;

@@ -18,6 +18,9 @@ std::string NewScope(uint64_t seed);
 
 // A new temporary directory under `base` (empty: $TMPDIR or /tmp).
 [[nodiscard]] absl::StatusOr<std::string> MakeTempDir(const std::string& base);
+// The sqlite: URI of the simulator's temporary store file in `dir` (synchronous=normal).
+std::string TemporarySqliteUri(const std::string& dir);
+
 // Removes the directory and the files directly in it.
 void RemoveDir(const std::string& dir);
 

@@ -43,9 +43,50 @@ void Oracle::Violation(std::string text) {
   if (report_.violations.size() < kMaxViolationsKept) report_.violations.push_back(std::move(text));
 }
 
+void Oracle::SetCapacity(int64_t capacity, bool evict) {
+  capacity_ = capacity;
+  evict_ = evict;
+}
+
+void Oracle::RefusedFull(int64_t message) {
+  ++report_.capacity_refusals;
+  if (capacity_ > 0 && records_ >= capacity_) return;
+  ++report_.over_capacity;
+  Violation(absl::StrFormat(
+      "I7: a claim of id %s was refused as the store being full, but it held at most %d of %s "
+      "records",
+      Printable(workload_.messages[message].id), records_,
+      capacity_ > 0 ? absl::StrCat(capacity_) : "unbounded"));
+}
+
+void Oracle::StoreBound(int64_t records_held, int64_t evictions) {
+  if (capacity_ > 0 && records_held > capacity_) {
+    ++report_.over_capacity;
+    Violation(absl::StrFormat("I7: the store holds %d records, more than its capacity %d",
+                              records_held, capacity_));
+  }
+  if (report_.evicted_reruns > evictions) {
+    report_.over_capacity += report_.evicted_reruns - evictions;
+    Violation(absl::StrFormat(
+        "I3/I7: %d completed ids were claimed again, but the store evicted only %d records",
+        report_.evicted_reruns, evictions));
+  }
+}
+
 void Oracle::ClaimApplied(int64_t message, const ClaimResult& result, int64_t now_ms) {
   if (result.status != ClaimStatus::kAcquired) return;
   IdState& id = ids_[workload_.messages[message].id_index];
+  if (!id.has_record) {
+    id.has_record = true;
+    ++records_;
+  }
+  if (evict_ && id.commits > 0) {
+    // The COMPLETED record was evicted (counted against the store's evictions at the end): the
+    // id starts over, and its runs and completions so far belong to the evicted record.
+    ++report_.evicted_reruns;
+    id.commits = 0;
+    id.runs.clear();
+  }
   if (exact_time_ && id.owner_live && now_ms < id.owner_lease_until) {
     ++report_.double_claims;
     ++report_.unexplained;
@@ -54,9 +95,13 @@ void Oracle::ClaimApplied(int64_t message, const ClaimResult& result, int64_t no
         Printable(workload_.messages[message].id), result.token, now_ms, id.owner,
         id.owner_lease_until));
   }
-  id.owner = result.token;
-  id.owner_lease_until = result.lease_until_ms;
-  id.owner_live = true;
+  // On real time, consumers' events reach the log in roughly the store's order only: the store's
+  // own clock orders two claims of an id (a takeover's lease ends after the lease it took over).
+  if (exact_time_ || id.owner == 0 || result.lease_until_ms >= id.owner_lease_until) {
+    id.owner = result.token;
+    id.owner_lease_until = result.lease_until_ms;
+    id.owner_live = true;
+  }
   if (std::find(id.claimed_by.begin(), id.claimed_by.end(), message) == id.claimed_by.end()) {
     id.claimed_by.push_back(message);
   }
@@ -74,7 +119,12 @@ void Oracle::CompleteApplied(int64_t message, uint64_t token,
   IdState& id = ids_[m.id_index];
   auto it = runs_.find(token);
   if (!result.ok()) {
-    if (result.status().code() == absl::StatusCode::kAborted && it != runs_.end()) {
+    if (result.status().code() != absl::StatusCode::kAborted) {
+      // The store says it applied nothing: this run did not commit, and another may follow.
+      if (it != runs_.end()) it->second.faulted = true;
+      return;
+    }
+    if (it != runs_.end()) {
       // A fenced completion is how a lease expiry shows itself; it explains the next run only if
       // the lease had really ended.
       if (!exact_time_ || now_ms >= it->second.lease_until_ms) {
@@ -115,7 +165,9 @@ void Oracle::CompleteApplied(int64_t message, uint64_t token,
     const std::string key(version->key);
     auto [slot, inserted] = applied_.try_emplace(key, version->version);
     if (!inserted) {
-      if (version->version <= slot->second) {
+      // On real time two consumers' completions reach the log in roughly the store's order
+      // only: there the gate is judged at the end, against the highest version applied.
+      if (exact_time_ && version->version <= slot->second) {
         ++report_.stale_applied;
         Violation(absl::StrFormat("I5: key %s applied version %u after version %u", key,
                                   version->version, slot->second));
@@ -157,6 +209,12 @@ void Oracle::HandlerRan(int64_t message, uint64_t token, int64_t now_ms) {
       id.runs.push_back(token);
       return;
     }
+  }
+  if (!run.before_commit && !exact_time_) {
+    // On real time the log's order of two consumers' events is only roughly the store's: judged
+    // at the end, when it is known whether this run's own completion was fenced.
+    late_runs_.push_back(token);
+    return;
   }
   if (!run.before_commit) {
     ++report_.runs_after_complete;
@@ -214,6 +272,7 @@ void Oracle::EffectCommitted(int64_t message, uint64_t version) {
     Violation(absl::StrFormat("I2: id %s has %s effect rows", Printable(m.id), "two or more"));
   }
   id.committed_by.push_back(message);
+  if (!m.versioned) return;  // no version gate orders it
   auto [slot, inserted] = applied_.try_emplace(m.key, version);
   if (!inserted) {
     if (version <= slot->second) {
@@ -239,6 +298,10 @@ bool Oracle::OutcomeJustified(int64_t message, Outcome outcome, std::string* why
       *why = "no effect of this message was committed";
       return false;
     case Outcome::kStale: {
+      if (!m.versioned) {
+        *why = "it carries no version";
+        return false;
+      }
       auto it = applied_.find(m.key);
       if (it != applied_.end() && it->second >= m.version) return true;
       *why = "no version >= its own was applied to its key";
@@ -296,6 +359,16 @@ Report Oracle::Finish(
   report_.lost += std::count(lost.begin(), lost.end(), true);
 
   if (mode_ == Mode::kLease) {
+    // A run that started after its id was completed is explained only by its own lease having
+    // ended: then its completion was fenced (or a fault stopped it first).
+    for (uint64_t token : late_runs_) {
+      const Run& run = runs_[token];
+      if (run.faulted && !run.committed) continue;
+      ++report_.runs_after_complete;
+      ++report_.unexplained;
+      Violation(absl::StrFormat("I3: handler of id %s ran again (token %d) after it was completed",
+                                Printable(workload_.messages[run.message].id), token));
+    }
     // I3: before an id's first completion, every run but one must have a recorded fault that
     // kept it from completing (a crash after the effect, an expired lease, a failed completion).
     for (std::size_t i = 0; i < ids_.size(); ++i) {

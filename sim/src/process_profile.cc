@@ -8,11 +8,9 @@
 //   consumer -> broker   A <handle> <outcome>   ack
 //                        N <handle> in_progress|error   nack (redeliver later)
 //                        P <handle>...          paused beyond the lease: hand these to others
-// What happened is written durably to an append-only log before it matters, so that a SIGKILL
-// cannot hide it (a write() survives the death of its process):
-//   RUN <message> <token>            the handler's effect (lease mode: the effect itself)
-//   DONE <message> <token> <outcome> the store accepted the completion of that run
-//   FAULT <message> <token> <what>   a crash point, a pause, or a failed completion
+// What the consumers' stores applied and what their handlers did goes to one durable event log
+// (event_log.h) before it matters, so that a SIGKILL cannot hide it; after the run the broker
+// replays it into the oracle (oracle.h), the same one that judges the in-process profile.
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -25,10 +23,8 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <memory>
 #include <optional>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -40,12 +36,15 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "broker.h"
+#include "event_log.h"
+#include "fault_store.h"
 #include "idem/open_store.h"
 #include "idem/processor.h"
 #include "idem/sim/simulator.h"
 #include "idem/sqlite_store.h"
 #include "in_process.h"
 #include "oracle.h"
+#include "sim_time.h"
 #include "sqlite_effects.h"
 #include "text.h"
 
@@ -59,30 +58,9 @@ using internal::Hand;
 
 constexpr int kChildFd = 3;
 
-// The lease-mode store every process opens: the SQLite file with the run's `synchronous`, or
-// any other shared store by its URI (Redis).
+// The store every process opens, by its URI (real time: no clock, the store's own tokens).
 absl::StatusOr<std::unique_ptr<DedupStore>> OpenSharedStore(const SimConfig& config) {
-  if (const std::optional<std::string> path = internal::SqlitePathOf(config.store_uri)) {
-    SqliteStoreOptions options;
-    options.path = *path;
-    options.synchronous = config.synchronous;
-    return NewSqliteStore(std::move(options));
-  }
   return OpenStore(config.store_uri);
-}
-
-std::string_view SynchronousName(SqliteSynchronous s) {
-  switch (s) {
-    case SqliteSynchronous::kOff:
-      return "off";
-    case SqliteSynchronous::kNormal:
-      return "normal";
-    case SqliteSynchronous::kFull:
-      return "full";
-    case SqliteSynchronous::kExtra:
-      return "extra";
-  }
-  return "full";
 }
 
 bool WriteAll(int fd, std::string_view data) {
@@ -137,13 +115,16 @@ class ChildConsumer {
   int Run();
 
  private:
-  [[noreturn]] void Die() {
+  // Logs the crash point, and that it cut short every run of the batch that had started its
+  // effect and not completed (their next runs are explained by it), then dies as a process
+  // does: no cleanup reaches the store.
+  [[noreturn]] void CrashAt(int64_t message, uint64_t token, Fault fault) {
+    log_->FaultInjected(message, token, fault);
+    for (const internal::CallContext::InHand& h : ctx_.in_hand) {
+      if (h.ran && h.token != token) log_->RunFaulted(h.token);
+    }
     kill(getpid(), SIGKILL);
     while (true) pause();
-  }
-  void Log(std::string line) {
-    line.push_back('\n');
-    WriteAll(log_fd_, line);  // one write(): O_APPEND keeps lines of processes whole
   }
   void Send(std::string line) {
     line.push_back('\n');
@@ -157,7 +138,12 @@ class ChildConsumer {
   std::string scope_;
   Workload workload_;
   int log_fd_ = -1;
+  std::unique_ptr<internal::EventLogWriter> log_;
+  internal::RealTime time_;
+  internal::CallContext ctx_;
   std::unique_ptr<DedupStore> store_;
+  std::unique_ptr<DedupStore> sabotaged_;
+  std::unique_ptr<DedupStore> recorded_;
   std::optional<Processor> processor_;
   internal::SqliteDb db_;
   std::unique_ptr<SqliteTransactional> tx_;
@@ -168,7 +154,8 @@ int ChildConsumer::Run() {
   log_fd_ = open(absl::StrCat(run_dir_, "/events.log").c_str(),
                  O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
   if (log_fd_ < 0) return 4;
-  const std::optional<std::string> path = internal::SqlitePathOf(config_.store_uri);
+  log_ = std::make_unique<internal::EventLogWriter>(log_fd_);
+  internal::CurrentCallContext() = &ctx_;
   if (config_.mode == Mode::kLease) {
     absl::StatusOr<std::unique_ptr<DedupStore>> store = OpenSharedStore(config_);
     if (!store.ok()) {
@@ -176,13 +163,27 @@ int ChildConsumer::Run() {
       return 5;
     }
     store_ = std::move(*store);
+    DedupStore* below = store_.get();
+    if (config_.sabotage != Sabotage::kNone) {
+      sabotaged_ = internal::NewSabotagedStore(*store_, config_.sabotage);
+      below = sabotaged_.get();
+    }
+    // The fault injector of the in-process profile, with no faults of its own to inject here
+    // (this profile's faults are SIGKILLs and pauses): it records what the store applied, as
+    // seen below the library, into the event log.
+    internal::FaultHooks hooks;
+    hooks.sink = log_.get();
+    hooks.time = &time_;
+    recorded_ = internal::NewFaultInjectingStore(*below, std::move(hooks));
     absl::StatusOr<Processor> p = Processor::Create(
-        *store_, scope_, ProcessorOptions{.lease = std::chrono::milliseconds(config_.lease_ms)});
+        *recorded_, scope_, ProcessorOptions{.lease = std::chrono::milliseconds(config_.lease_ms)});
     if (!p.ok()) return 5;
     processor_.emplace(std::move(*p));
   } else {
-    if (!path) return 5;
-    absl::StatusOr<internal::SqliteDb> db = internal::OpenConnection(*path, config_.synchronous);
+    absl::StatusOr<SqliteStoreOptions> sqlite = ParseSqliteUri(config_.store_uri);
+    if (!sqlite.ok()) return 5;
+    absl::StatusOr<internal::SqliteDb> db =
+        internal::OpenConnection(sqlite->path, sqlite->synchronous);
     if (!db.ok()) return 5;
     db_ = std::move(*db);
     absl::StatusOr<std::unique_ptr<SqliteTransactional>> tx =
@@ -221,66 +222,46 @@ int ChildConsumer::Run() {
 
 void ChildConsumer::HandleBatch(
     const std::vector<std::pair<uint64_t, std::pair<int64_t, Fault>>>& batch) {
-  struct Item {
-    uint64_t handle;
-    int64_t message;
-    Fault fault;
-    uint64_t token = 0;
-    bool ran = false;
-  };
-  std::vector<Item> items;
+  std::vector<uint64_t> handles;
   std::vector<Message> messages;
+  ctx_.in_hand.clear();
   for (const auto& [handle, mf] : batch) {
-    items.push_back({.handle = handle, .message = mf.first, .fault = mf.second});
-    const SimMessage& m = workload_.messages[mf.first];
-    messages.push_back(
-        Message{.id = m.id, .payload = m.payload, .version = VersionStamp{m.key, m.version}});
-    if (mf.second == Fault::kCrashBeforeClaim) {
-      Log(absl::StrCat("FAULT ", mf.first, " 0 ", Sv(FaultName(mf.second))));
-      Die();
-    }
+    const auto [message, fault] = mf;
+    const SimMessage& m = workload_.messages[message];
+    handles.push_back(handle);
+    ctx_.in_hand.push_back({.id = m.id, .message = message, .fault = fault});
+    messages.push_back(Message{.id = m.id, .payload = m.payload, .version = StampOf(m)});
+    if (fault == Fault::kCrashBeforeClaim) CrashAt(message, 0, fault);
   }
-  auto find = [&](std::string_view id) -> Item* {
-    for (Item& it : items) {
-      if (workload_.messages[it.message].id == id) return &it;
-    }
-    return nullptr;
-  };
-  auto run = [&](Item& it, uint64_t token, auto&& effect) {
-    if (it.fault == Fault::kCrashAfterClaim) {
-      Log(absl::StrCat("FAULT ", it.message, " ", token, " ", Sv(FaultName(it.fault))));
-      Die();
-    }
+  auto run = [&](internal::CallContext::InHand& it, uint64_t token, auto&& effect) {
+    if (it.fault == Fault::kCrashAfterClaim) CrashAt(it.message, token, it.fault);
     it.token = token;
     it.ran = true;
-    Log(absl::StrCat("RUN ", it.message, " ", token));
+    log_->HandlerRan(it.message, token, time_.Now());
     effect();
-    if (it.fault == Fault::kCrashAfterEffect) {
-      Log(absl::StrCat("FAULT ", it.message, " ", token, " ", Sv(FaultName(it.fault))));
-      Die();
-    }
+    if (it.fault == Fault::kCrashAfterEffect) CrashAt(it.message, token, it.fault);
     if (it.fault == Fault::kPauseBeyondLease) {
-      Log(absl::StrCat("FAULT ", it.message, " ", token, " ", Sv(FaultName(it.fault))));
+      log_->FaultInjected(it.message, token, it.fault);
       std::string paused = "P";
-      for (const Item& other : items) absl::StrAppend(&paused, " ", other.handle);
+      for (uint64_t handle : handles) absl::StrAppend(&paused, " ", handle);
       Send(paused);
-      std::this_thread::sleep_for(std::chrono::milliseconds(config_.lease_ms * 3 / 2 + 1));
+      std::this_thread::sleep_for(std::chrono::milliseconds(PauseMillis(config_)));
     }
   };
 
   std::vector<absl::StatusOr<ProcessResult>> results;
   if (config_.mode == Mode::kLease) {
     auto handler = [&](HandlerContext& hc) {
-      Item* it = find(hc.message_id());
+      internal::CallContext::InHand* it = ctx_.Find(hc.message_id());
       if (it != nullptr) run(*it, hc.token(), [] {});
     };
-    if (items.size() == 1 && config_.batch == 1) {
+    if (ctx_.in_hand.size() == 1 && config_.batch == 1) {
       results.push_back(processor_->Process(messages[0], handler));
     } else {
       results = processor_->ProcessBatch(messages, handler);
     }
   } else {
-    Item& it = items[0];
+    internal::CallContext::InHand& it = ctx_.in_hand[0];
     const SimMessage& m = workload_.messages[it.message];
     absl::Status write_status;
     results.push_back(tx_->Process(messages[0], [&](sqlite3*, HandlerContext& hc) {
@@ -291,30 +272,18 @@ void ChildConsumer::HandleBatch(
       });
     }));
   }
-  for (std::size_t i = 0; i < items.size(); ++i) {
-    Item& it = items[i];
-    const absl::StatusOr<ProcessResult>& r = results[i];
-    if (it.ran) {
-      if (r.ok()) {
-        Log(absl::StrCat("DONE ", it.message, " ", it.token, " ", static_cast<int>(r->outcome)));
-      } else {
-        Log(absl::StrCat("FAULT ", it.message, " ", it.token, " completion_failed"));
-      }
-    }
-  }
-  for (const Item& it : items) {
-    if (it.fault == Fault::kCrashAfterComplete) {
-      Log(absl::StrCat("FAULT ", it.message, " ", it.token, " ", Sv(FaultName(it.fault))));
-      Die();
-    }
+  for (const internal::CallContext::InHand& it : ctx_.in_hand) {
+    if (it.fault == Fault::kCrashAfterComplete) CrashAt(it.message, it.token, it.fault);
   }
   std::string answers;
-  for (std::size_t i = 0; i < items.size(); ++i) {
-    const absl::StatusOr<ProcessResult>& r = results[i];
+  for (std::size_t i = 0; i < handles.size(); ++i) {
+    const absl::StatusOr<ProcessResult>& r =
+        i < results.size() ? results[i]
+                           : absl::StatusOr<ProcessResult>(absl::InternalError("no result"));
     if (r.ok() && r->outcome != Outcome::kInProgress) {
-      absl::StrAppend(&answers, "A ", items[i].handle, " ", static_cast<int>(r->outcome), "\n");
+      absl::StrAppend(&answers, "A ", handles[i], " ", static_cast<int>(r->outcome), "\n");
     } else {
-      absl::StrAppend(&answers, "N ", items[i].handle, " ", r.ok() ? "in_progress" : "error", "\n");
+      absl::StrAppend(&answers, "N ", handles[i], " ", r.ok() ? "in_progress" : "error", "\n");
     }
   }
   if (!answers.empty()) answers.pop_back();
@@ -333,10 +302,14 @@ struct Slot {
 class ProcessRun {
  public:
   ProcessRun(const SimConfig& config, const RunOptions& options)
-      : config_(config), options_(options), workload_(GenerateWorkload(config)) {}
+      : config_(config),
+        options_(options),
+        workload_(GenerateWorkload(config)),
+        oracle_(workload_, config.mode, /*exact_time=*/false) {}
   absl::StatusOr<RunResult> Run();
 
  private:
+  absl::Status Prepare();
   absl::Status Spawn(Slot& slot);
   void Reap(Slot& slot, int index);
   void OnLine(Slot& slot, const std::string& line);
@@ -345,13 +318,13 @@ class ProcessRun {
   SimConfig config_;
   const RunOptions& options_;
   Workload workload_;
+  internal::Oracle oracle_;
   std::string run_dir_;
-  std::string db_path_;
+  std::string db_path_;  // of a SQLite store, decoded
+  SqliteSynchronous synchronous_ = SqliteSynchronous::kFull;
   std::string scope_;
   std::unique_ptr<Broker> broker_;
   std::vector<Slot> slots_;
-  Report report_;
-  absl::flat_hash_map<int64_t, std::vector<Outcome>> acks_;
   int64_t restarts_ = 0;
   std::vector<std::string> child_errors_;
 };
@@ -361,27 +334,37 @@ absl::Status ProcessRun::Spawn(Slot& slot) {
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
     return absl::UnavailableError(absl::StrCat("socketpair: ", std::strerror(errno)));
   }
+  // The store URI, which may hold a password, goes in the environment: a command line is
+  // readable by every user of the host.
   std::vector<std::string> args;
+  std::vector<std::string> env;
   if (!options_.self_binary.empty()) {
     args = {options_.self_binary,
             absl::StrCat("--child_fd=", kChildFd),
             absl::StrCat("--child_dir=", run_dir_),
             absl::StrCat("--child_scope=", scope_),
-            absl::StrCat("--store=", config_.store_uri),
             absl::StrCat("--mode=", Sv(ModeName(config_.mode))),
             absl::StrCat("--seed=", config_.seed),
             absl::StrCat("--messages=", config_.messages),
             absl::StrCat("--keys=", config_.keys),
             absl::StrFormat("--dup-rate=%.17g", config_.dup_rate),
             absl::StrFormat("--conflict-rate=%.17g", config_.conflict_rate),
+            absl::StrFormat("--unversioned-rate=%.17g", config_.unversioned_rate),
             absl::StrCat("--reorder-window=", config_.reorder_window),
             absl::StrCat("--lease-ms=", config_.lease_ms),
             absl::StrCat("--batch=", config_.batch),
-            absl::StrCat("--sqlite-synchronous=", Sv(SynchronousName(config_.synchronous)))};
+            absl::StrCat("--sabotage=", Sv(SabotageName(config_.sabotage)))};
+    for (char** e = environ; *e != nullptr; ++e) {
+      if (std::string_view(*e).rfind(kChildStoreEnv, 0) != 0) env.push_back(*e);
+    }
+    env.push_back(absl::StrCat(kChildStoreEnv, "=", config_.store_uri));
   }
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
+  std::vector<char*> envp;
+  for (std::string& e : env) envp.push_back(e.data());
+  envp.push_back(nullptr);
   const pid_t pid = fork();
   if (pid < 0) {
     close(sv[0]);
@@ -392,7 +375,7 @@ absl::Status ProcessRun::Spawn(Slot& slot) {
     // The child: its end of the socket becomes fd 3 (dup2 clears close-on-exec).
     if (dup2(sv[1], kChildFd) < 0) _exit(7);
     if (!args.empty()) {
-      execv(argv[0], argv.data());
+      execve(argv[0], argv.data(), envp.data());
       _exit(8);
     }
     _exit(RunChildConsumer(config_, kChildFd, run_dir_, scope_));
@@ -412,7 +395,7 @@ void ProcessRun::Reap(Slot& slot, int index) {
   close(slot.fd);
   slot.fd = -1;
   if (WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) {
-    ++report_.crashes;
+    oracle_.Crashed();
   } else {
     child_errors_.push_back(absl::StrFormat("consumer %d (pid %d) ended unexpectedly (status %d)",
                                             index, slot.pid, status));
@@ -444,14 +427,15 @@ void ProcessRun::OnLine(Slot& slot, const std::string& line) {
     int outcome = 0;
     std::optional<Hand> hand = take(f[1]);
     if (!hand || !absl::SimpleAtoi(f[2], &outcome)) return;
-    if (broker_->Ack(*hand)) {
-      const Outcome o = static_cast<Outcome>(outcome);
-      acks_[hand->message].push_back(o);
-    }
+    if (broker_->Ack(*hand)) oracle_.Acked(hand->message, static_cast<Outcome>(outcome));
   } else if (f[0] == "N" && f.size() == 3) {
     std::optional<Hand> hand = take(f[1]);
     if (!hand) return;
-    ++(f[2] == "in_progress" ? report_.in_progress : report_.store_errors);
+    if (f[2] == "in_progress") {
+      oracle_.InProgress();
+    } else {
+      oracle_.StoreError();
+    }
     broker_->Redeliver(*hand, now + std::max<int64_t>(1, config_.lease_ms / 4));
   } else if (f[0] == "P") {
     // Paused beyond its lease: the visibility timeout hands its deliveries to others now. The
@@ -460,45 +444,45 @@ void ProcessRun::OnLine(Slot& slot, const std::string& line) {
   }
 }
 
+// Checks the store before any consumer starts, and creates the SQLite schema (and the effect
+// table) before the consumers race to.
+absl::Status ProcessRun::Prepare() {
+  if (config_.store_uri.empty()) config_.store_uri = internal::TemporarySqliteUri(run_dir_);
+  absl::StatusOr<std::unique_ptr<DedupStore>> store = OpenSharedStore(config_);
+  if (!store.ok()) return store.status();
+  const std::string_view backend = (*store)->BackendName();
+  if (backend == "memory") {
+    return absl::InvalidArgumentError(
+        "the process profile needs a store the consumer processes share (sqlite: or redis:); "
+        "memory: lives inside one process");
+  }
+  if (backend == "sqlite") {
+    absl::StatusOr<SqliteStoreOptions> sqlite = ParseSqliteUri(config_.store_uri);
+    if (!sqlite.ok()) return sqlite.status();
+    db_path_ = sqlite->path;
+    synchronous_ = sqlite->synchronous;
+    absl::StatusOr<internal::SqliteDb> db = internal::OpenConnection(db_path_, synchronous_);
+    if (!db.ok()) return db.status();
+    if (absl::Status s = internal::CreateEffectTable(db->get()); !s.ok()) return s;
+  } else if (config_.mode == Mode::kTransactional) {
+    return absl::InvalidArgumentError(
+        "the transactional process profile needs a SQLite store shared by the consumer "
+        "processes (--store=sqlite:///path/to.db)");
+  }
+  // Both connections close here, before any fork: a child exiting would otherwise drop this
+  // process's SQLite locks on the file.
+  return absl::OkStatus();
+}
+
 absl::StatusOr<RunResult> ProcessRun::Run() {
   const auto wall_start = std::chrono::steady_clock::now();
   absl::StatusOr<std::string> dir = internal::MakeTempDir(options_.work_dir);
   if (!dir.ok()) return dir.status();
   run_dir_ = *dir;
-  std::string description;
-  if (config_.store_uri.empty()) {
-    db_path_ = absl::StrCat(run_dir_, "/idem-sim.db");
-    config_.store_uri = absl::StrCat("sqlite://", db_path_);
-  } else if (std::optional<std::string> path = internal::SqlitePathOf(config_.store_uri)) {
-    db_path_ = *path;
-  } else if (config_.mode == Mode::kTransactional) {
-    internal::RemoveDir(run_dir_);
-    return absl::InvalidArgumentError(
-        "the transactional process profile needs a SQLite store shared by the consumer "
-        "processes (--store=sqlite:///path/to.db)");
-  }
   scope_ = internal::NewScope(config_.seed);
-  if (db_path_.empty()) {
-    // A server store (Redis): check it answers before starting consumers against it.
-    absl::StatusOr<std::unique_ptr<DedupStore>> store = OpenSharedStore(config_);
-    if (!store.ok()) return store.status();
-    if ((*store)->BackendName() == "memory") {
-      internal::RemoveDir(run_dir_);
-      return absl::InvalidArgumentError(
-          "the process profile needs a store the consumer processes share (sqlite: or redis:); "
-          "memory: lives inside one process");
-    }
-  } else {
-    // Create the schema before the consumers race to; closed again before any fork, because a
-    // child exiting would drop this process's SQLite locks on the file.
-    SqliteStoreOptions options;
-    options.path = db_path_;
-    options.synchronous = config_.synchronous;
-    absl::StatusOr<std::unique_ptr<DedupStore>> store = NewSqliteStore(std::move(options));
-    if (!store.ok()) return store.status();
-    absl::StatusOr<internal::SqliteDb> db = internal::OpenConnection(db_path_, config_.synchronous);
-    if (!db.ok()) return db.status();
-    if (absl::Status s = internal::CreateEffectTable(db->get()); !s.ok()) return s;
+  if (absl::Status s = Prepare(); !s.ok()) {
+    internal::RemoveDir(run_dir_);
+    return s;
   }
   broker_ =
       std::make_unique<Broker>(workload_, SystemClock().NowMillis(),
@@ -528,11 +512,10 @@ absl::StatusOr<RunResult> ProcessRun::Run() {
       if (hands.empty()) continue;
       std::string line = "D";
       for (const Hand& hand : hands) {
-        ++report_.deliveries;
+        oracle_.Delivered();
         const Fault fault = PlanFault(config_, profile, hand.message, hand.copy, hand.attempt);
         absl::StrAppend(&line, line.size() > 1 ? ";" : " ", hand.handle, " ", hand.message, " ",
                         static_cast<int>(fault));
-        if (fault != Fault::kNone) ++report_.faults[static_cast<int>(fault)];
       }
       slot.in_flight = hands;
       line.push_back('\n');
@@ -572,8 +555,7 @@ absl::StatusOr<RunResult> ProcessRun::Run() {
   out.report = Judge(broker_->Unacked());
   out.report.wall_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - wall_start).count();
-  out.store_description =
-      db_path_.empty() ? RedactUri(config_.store_uri) : absl::StrCat("sqlite://", db_path_);
+  out.store_description = RedactUri(config_.store_uri);
   if (options_.keep_files || (options_.keep_files_on_failure && !out.report.passed())) {
     out.store_description += absl::StrCat(" (kept; logs in ", run_dir_, ")");
   } else {
@@ -582,174 +564,45 @@ absl::StatusOr<RunResult> ProcessRun::Run() {
   return out;
 }
 
+// The consumers' event log and the effect rows into the one oracle.
 Report ProcessRun::Judge(const std::vector<int64_t>& unacked) {
-  Report r = report_;
-  // Replays the durable log into per-run facts. Its order across processes is only roughly the
-  // order of events, so every check here is a count, never a sequence.
-  struct RunFacts {
-    int64_t message = 0;
-    bool committed = false;
-    bool faulted = false;
-  };
-  absl::flat_hash_map<uint64_t, RunFacts> runs;
-  std::vector<std::vector<uint64_t>> runs_of_id(workload_.distinct_ids);
-  std::vector<std::vector<uint64_t>> commits_of_id(workload_.distinct_ids);
-  std::vector<bool> committed_message(workload_.messages.size(), false);
-  std::vector<bool> applied_message(workload_.messages.size(), false);
-  std::vector<int> users_of_id(workload_.distinct_ids, 0);
-  for (const SimMessage& m : workload_.messages) ++users_of_id[m.id_index];
-  std::ifstream log(absl::StrCat(run_dir_, "/events.log"));
-  std::string line;
-  while (std::getline(log, line)) {
-    std::vector<std::string> f = absl::StrSplit(line, ' ');
-    int64_t message = 0;
-    uint64_t token = 0;
-    if (f.size() < 3 || !absl::SimpleAtoi(f[1], &message) || !absl::SimpleAtoi(f[2], &token) ||
-        message < 0 || message >= static_cast<int64_t>(workload_.messages.size())) {
-      continue;
-    }
-    const int64_t id = workload_.messages[message].id_index;
-    if (f[0] == "RUN") {
-      ++r.handler_runs;
-      runs[token].message = message;
-      runs_of_id[id].push_back(token);
-    } else if (f[0] == "DONE") {
-      runs[token].committed = true;
-      if (config_.mode == Mode::kLease) {
-        commits_of_id[id].push_back(token);
-        committed_message[message] = true;
-        int outcome = -1;
-        if (f.size() > 3 && absl::SimpleAtoi(f[3], &outcome) &&
-            outcome == static_cast<int>(Outcome::kProcessed)) {
-          applied_message[message] = true;
-        }
-      }
-    } else if (f[0] == "FAULT" && token != 0) {
-      runs[token].faulted = true;
-    }
+  std::vector<std::string> problems;
+  if (absl::Status s =
+          internal::ReplayEventLog(absl::StrCat(run_dir_, "/events.log"), workload_, oracle_);
+      !s.ok()) {
+    problems.push_back(s.ToString());
   }
-  internal::Oracle tx_oracle(workload_, config_.mode, /*exact_time=*/false);
-  absl::flat_hash_map<std::string, uint64_t> applied;
+  Report r;
   if (config_.mode == Mode::kTransactional) {
-    absl::StatusOr<internal::SqliteDb> db = internal::OpenConnection(db_path_, config_.synchronous);
+    absl::StatusOr<internal::SqliteDb> db = internal::OpenConnection(db_path_, synchronous_);
     absl::StatusOr<std::vector<internal::EffectRow>> rows =
         db.ok() ? internal::ReadEffects(db->get(), scope_)
                 : absl::StatusOr<std::vector<internal::EffectRow>>(db.status());
-    if (!rows.ok()) {
-      ++r.lost;
-      r.violations.push_back(rows.status().ToString());
+    if (rows.ok()) {
+      for (const internal::EffectRow& row : *rows)
+        oracle_.EffectCommitted(row.message, row.version);
     } else {
-      for (const internal::EffectRow& row : *rows) {
-        tx_oracle.EffectCommitted(row.message, row.version);
-      }
+      problems.push_back(rows.status().ToString());
     }
-    for (const auto& [message, outcomes] : acks_) {
-      for (Outcome o : outcomes) tx_oracle.Acked(message, o);
-    }
-    Report t = tx_oracle.Finish(unacked, nullptr);
-    r.effects = t.effects;
-    r.double_effects = t.double_effects;
-    r.stale_applied = t.stale_applied;
-    r.lost += t.lost;
-    r.unacked = t.unacked;
-    r.wrong_outcomes = t.wrong_outcomes;
-    r.processed = t.processed;
-    r.duplicates = t.duplicates;
-    r.stale = t.stale;
-    r.conflicts = t.conflicts;
-    r.dead_lettered = t.dead_lettered;
-    r.violations.insert(r.violations.end(), t.violations.begin(), t.violations.end());
+    r = oracle_.Finish(unacked, nullptr);
   } else {
-    for (int64_t id = 0; id < workload_.distinct_ids; ++id) {
-      const std::vector<uint64_t>& commits = commits_of_id[id];
-      r.effects += static_cast<int64_t>(commits.size());
-      if (commits.size() > 1) {
-        ++r.double_effects;
-        r.violations.push_back(
-            absl::StrFormat("I3/I4: id index %d completed %d times", id, commits.size()));
-      }
-      int64_t explained = 0;
-      for (uint64_t token : runs_of_id[id]) {
-        if (!runs[token].committed && runs[token].faulted) ++explained;
-      }
-      const int64_t count = static_cast<int64_t>(runs_of_id[id].size());
-      if (count - 1 > explained) {
-        r.unexplained += count - 1 - explained;
-        r.violations.push_back(absl::StrFormat(
-            "I3: id index %d ran %d times with %d recorded faults", id, count, explained));
-      }
-    }
-    std::vector<bool> lost(workload_.messages.size(), false);
-    for (int64_t message : unacked) {
-      ++r.unacked;
-      lost[message] = true;
-    }
-    // The version gate's final state, read back from the file.
+    // The version gate's final state, read back from the shared store.
     absl::StatusOr<std::unique_ptr<DedupStore>> store = OpenSharedStore(config_);
-    absl::flat_hash_map<std::string, uint64_t> max_processed;
-    for (std::size_t m = 0; m < workload_.messages.size(); ++m) {
-      if (!applied_message[m]) continue;
-      uint64_t& v = max_processed[workload_.messages[m].key];
-      v = std::max(v, workload_.messages[m].version);
-    }
-    for (const auto& [message, outcomes] : acks_) {
-      const SimMessage& m = workload_.messages[message];
-      for (Outcome o : outcomes) {
-        bool ok = true;
-        switch (o) {
-          case Outcome::kProcessed:
-            ++r.processed;
-            ok = committed_message[message];
-            break;
-          case Outcome::kDuplicate:
-            ++r.duplicates;
-            ok = committed_message[message];
-            break;
-          case Outcome::kStale: {
-            ++r.stale;
-            absl::StatusOr<std::optional<uint64_t>> v =
-                store.ok() ? (*store)->AppliedVersion(scope_, m.key)
-                           : absl::StatusOr<std::optional<uint64_t>>(store.status());
-            ok = v.ok() && v->has_value() && **v >= m.version;
-            break;
-          }
-          case Outcome::kConflict: {
-            ++r.conflicts;
-            ok = users_of_id[m.id_index] > 1;
-            break;
-          }
-          case Outcome::kDeadLettered:
-            ++r.dead_lettered;
-            break;
-          case Outcome::kInProgress:
-            ok = false;
-            break;
-        }
-        if (!ok) {
-          ++r.wrong_outcomes;
-          lost[message] = true;
-        }
-      }
-    }
-    r.lost += std::count(lost.begin(), lost.end(), true);
-    if (store.ok()) {
-      for (const std::string& key : workload_.keys) {
-        absl::StatusOr<std::optional<uint64_t>> v = (*store)->AppliedVersion(scope_, key);
-        auto it = max_processed.find(key);
-        const bool applied_any = it != max_processed.end();
-        if (!v.ok() || v->has_value() != applied_any || (applied_any && **v != it->second)) {
-          ++r.stale_applied;
-          r.violations.push_back(absl::StrCat("I5: the version gate of ", key,
-                                              " disagrees with the completed versions"));
-        }
-      }
-    }
+    if (!store.ok()) problems.push_back(store.status().ToString());
+    r = oracle_.Finish(unacked, [&](const std::string& key) {
+      return store.ok() ? (*store)->AppliedVersion(scope_, key)
+                        : absl::StatusOr<std::optional<uint64_t>>(store.status());
+    });
+  }
+  // A run the oracle could not see whole is not a pass.
+  for (const std::string& p : problems) {
+    r.violations.push_back(p);
+    ++r.lost;
   }
   for (const std::string& e : child_errors_) {
     r.violations.push_back(e);
     ++r.lost;
   }
-  r.messages = static_cast<int64_t>(workload_.messages.size());
   r.budget_exhausted = broker_->budget_exhausted();
   if (broker_->acked() < broker_->total() && !r.budget_exhausted) {
     r.violations.push_back("the run hit its time limit");

@@ -33,6 +33,10 @@ std::string FormatReport(const Report& r, const SimConfig& config,
   row("in progress", r.in_progress, "another consumer held the claim: redelivered later");
   row("conflicts", r.conflicts, "same id, different payload");
   row("dead-lettered", r.dead_lettered);
+  if (r.capacity_refusals > 0 || r.evicted_reruns > 0) {
+    row("refused: store full", r.capacity_refusals, "claim failed closed (ResourceExhausted)");
+    row("run again after eviction", r.evicted_reruns, "the store evicted their COMPLETED record");
+  }
   row("store errors", r.store_errors, "nacked and redelivered (handler not run on a failed claim)");
   out += "  faults injected\n";
   for (int f = 1; f < static_cast<int>(Fault::kCount); ++f) {
@@ -53,6 +57,7 @@ std::string FormatReport(const Report& r, const SimConfig& config,
                       r.fencing_violations, r.fail_open_runs, r.double_claims,
                       r.runs_after_complete));
   row("stale applied (I5)", r.stale_applied, "per key, applied versions strictly increase");
+  row("over capacity (I7)", r.over_capacity, "the store stays within its record bound");
   if (r.budget_exhausted)
     out += "  the run hit its delivery budget (a livelock) and was cut short\n";
   for (const std::string& v : r.violations) absl::StrAppend(&out, "  ! ", v, "\n");

@@ -19,6 +19,7 @@
 #include "broker.h"
 #include "fault_store.h"
 #include "idem/memory_store.h"
+#include "idem/open_options.h"
 #include "idem/open_store.h"
 #include "idem/processor.h"
 #include "idem/sim/prng.h"
@@ -68,6 +69,19 @@ void RemoveDir(const std::string& dir) {
   rmdir(dir.c_str());
 }
 
+std::string TemporarySqliteUri(const std::string& dir) {
+  std::string uri = "sqlite://";
+  for (char c : absl::StrCat(dir, "/idem-sim.db")) {
+    // Characters a URI path cannot carry as themselves.
+    if (c == '%' || c == '?' || c == '#' || c == ' ') {
+      absl::StrAppendFormat(&uri, "%%%02X", static_cast<unsigned char>(c));
+    } else {
+      uri.push_back(c);
+    }
+  }
+  return absl::StrCat(uri, "?synchronous=normal");
+}
+
 namespace {
 
 // Thrown from a handler to emulate the death of the consumer's process at that point. The
@@ -100,6 +114,7 @@ class InProcessRun {
   void Answer(int self, const Hand& hand, const absl::StatusOr<ProcessResult>& result);
   void Trace(int self, std::string text);
   void Progress();
+  void StoreBound();
   int64_t Backoff(const Hand& hand) const {
     return std::min<int64_t>(config_.lease_ms, int64_t{8} << std::min(hand.attempt, 8));
   }
@@ -109,9 +124,14 @@ class InProcessRun {
   const RunOptions& options_;
   const Profile profile_;
 
-  std::unique_ptr<SimTime> time_;
+  // The store's clock when it takes one (memory, SQLite); otherwise real time.
+  std::unique_ptr<SimulatedTime> simulated_time_;
+  std::unique_ptr<RealTime> real_time_;
+  SimTime* time_ = nullptr;
   std::string temp_dir_;
-  std::string sqlite_path_;
+  std::string sqlite_path_;  // decoded, as the store opened it
+  SqliteSynchronous synchronous_ = SqliteSynchronous::kFull;
+  bool capacity_bound_ = false;  // a memory store: its capacity (I7) is checked
   std::string store_description_;
   std::string scope_;
   std::unique_ptr<DedupStore> base_store_;
@@ -137,56 +157,55 @@ absl::Status InProcessRun::Open() {
     absl::StatusOr<std::string> dir = MakeTempDir(options_.work_dir);
     if (!dir.ok()) return dir.status();
     temp_dir_ = *dir;
-    uri = absl::StrCat("sqlite://", temp_dir_, "/idem-sim.db");
+    // NORMAL (WAL) survives a crash of the process, which is all a throwaway file needs.
+    uri = TemporarySqliteUri(temp_dir_);
   }
   store_description_ = RedactUri(uri);
-  const std::optional<std::string> sqlite_path = SqlitePathOf(uri);
-  const bool memory = uri == "memory:" || uri.rfind("memory:?", 0) == 0;
-  if (config_.mode == Mode::kTransactional && !sqlite_path) {
+  // Opened as every program opens a store, so a URI means here what it means everywhere: the
+  // simulator only adds its clock (leases end when the scheduler says) and deterministic tokens
+  // (a replay of a seed shows the same tokens in its trace). Stores on a server's clock ignore
+  // the clock, and the run goes on real time.
+  simulated_time_ = std::make_unique<SimulatedTime>();
+  auto next_token = std::make_shared<std::atomic<uint64_t>>(0);
+  OpenOptions open_options;
+  open_options.clock = simulated_time_->clock();
+  open_options.token_source = [next_token] { return next_token->fetch_add(1) + 1; };
+  absl::StatusOr<std::unique_ptr<DedupStore>> store = OpenStore(uri, open_options);
+  if (!store.ok()) return store.status();
+  base_store_ = std::move(*store);
+  const std::string_view backend = base_store_->BackendName();
+  if (backend == "memory" || backend == "sqlite") {
+    time_ = simulated_time_.get();
+  } else {
+    real_time_ = std::make_unique<RealTime>();
+    time_ = real_time_.get();
+  }
+  oracle_ = std::make_unique<Oracle>(workload_, config_.mode, time_->exact());
+  if (backend == "memory") {
+    absl::StatusOr<MemoryStoreOptions> memory = ParseMemoryUri(uri);
+    if (!memory.ok()) return memory.status();
+    oracle_->SetCapacity(static_cast<int64_t>(memory->capacity), memory->evict_oldest);
+    capacity_bound_ = true;
+  }
+  if (backend == "sqlite") {
+    absl::StatusOr<SqliteStoreOptions> sqlite = ParseSqliteUri(uri);
+    if (!sqlite.ok()) return sqlite.status();
+    sqlite_path_ = sqlite->path;
+    synchronous_ = sqlite->synchronous;
+  }
+  if (config_.mode == Mode::kTransactional && backend != "sqlite") {
     return absl::InvalidArgumentError(
         absl::StrCat("transactional mode needs a SQLite store (--store=sqlite:///path/to.db), got ",
                      store_description_));
-  }
-  if (memory || sqlite_path) {
-    time_ = std::make_unique<SimulatedTime>();
-  } else {
-    time_ = std::make_unique<RealTime>();
-  }
-  // Deterministic tokens: a replay of a seed shows the same tokens in its trace.
-  auto next_token = std::make_shared<std::atomic<uint64_t>>(0);
-  auto token_source = [next_token] { return next_token->fetch_add(1) + 1; };
-  if (memory) {
-    MemoryStoreOptions options;
-    options.capacity = std::max<std::size_t>(1'000'000, 2 * workload_.messages.size());
-    options.clock = time_->clock();
-    options.token_source = token_source;
-    absl::StatusOr<std::unique_ptr<DedupStore>> store = NewMemoryStore(std::move(options));
-    if (!store.ok()) return store.status();
-    base_store_ = std::move(*store);
-  } else if (sqlite_path) {
-    sqlite_path_ = *sqlite_path;
-    SqliteStoreOptions options;
-    options.path = sqlite_path_;
-    options.synchronous = config_.synchronous;
-    options.clock = time_->clock();
-    options.token_source = token_source;
-    absl::StatusOr<std::unique_ptr<DedupStore>> store = NewSqliteStore(std::move(options));
-    if (!store.ok()) return store.status();
-    base_store_ = std::move(*store);
-  } else {
-    absl::StatusOr<std::unique_ptr<DedupStore>> store = OpenStore(uri);
-    if (!store.ok()) return store.status();
-    base_store_ = std::move(*store);
   }
   DedupStore* below = base_store_.get();
   if (config_.sabotage != Sabotage::kNone) {
     sabotaged_ = NewSabotagedStore(*base_store_, config_.sabotage);
     below = sabotaged_.get();
   }
-  oracle_ = std::make_unique<Oracle>(workload_, config_.mode, time_->exact());
   FaultHooks hooks;
-  hooks.oracle = oracle_.get();
-  hooks.time = time_.get();
+  hooks.sink = oracle_.get();
+  hooks.time = time_;
   hooks.outage_ms = OutageMillis(config_);
   hooks.scheduling_point = [this] {
     CallContext* ctx = CurrentCallContext();
@@ -208,7 +227,7 @@ absl::Status InProcessRun::Open() {
 
   if (config_.mode == Mode::kTransactional) {
     for (int i = 0; i < config_.consumers; ++i) {
-      absl::StatusOr<SqliteDb> db = OpenConnection(sqlite_path_, config_.synchronous);
+      absl::StatusOr<SqliteDb> db = OpenConnection(sqlite_path_, synchronous_);
       if (!db.ok()) return db.status();
       if (i == 0) {
         if (absl::Status s = CreateEffectTable(db->get()); !s.ok()) return s;
@@ -227,9 +246,23 @@ absl::Status InProcessRun::Open() {
   const int64_t budget = 40 * static_cast<int64_t>(workload_.deliveries.size()) + 10'000;
   broker_ = std::make_unique<Broker>(workload_, start_ms_, budget);
   scheduler_ = std::make_unique<Scheduler>(
-      config_.consumers, Hash64(config_.seed, 0x7363686564756c65ULL), time_.get(),
+      config_.consumers, Hash64(config_.seed, 0x7363686564756c65ULL), time_,
       [this](int64_t now) { return broker_->HasDue(now); }, [this] { return broker_->NextDue(); });
   return absl::OkStatus();
+}
+
+void InProcessRun::StoreBound() {
+  // Records are only ever added (the simulator never purges, and an eviction makes room for the
+  // record that displaced it), so the count at the end is the most the store ever held.
+  std::vector<bool> seen(workload_.distinct_ids, false);
+  int64_t held = 0;
+  for (const SimMessage& m : workload_.messages) {
+    if (seen[m.id_index]) continue;
+    seen[m.id_index] = true;
+    absl::StatusOr<std::optional<RecordInfo>> info = base_store_->Inspect(scope_, m.id);
+    if (info.ok() && info->has_value()) ++held;
+  }
+  oracle_->StoreBound(held, static_cast<int64_t>(base_store_->Stats().evictions));
 }
 
 void InProcessRun::Trace(int self, std::string text) {
@@ -291,8 +324,7 @@ void InProcessRun::HandleLease(int self, CallContext& ctx, const std::vector<Han
       oracle_->FaultInjected(hand.message, 0, fault);
     }
     ctx.in_hand.push_back({.id = m.id, .message = hand.message, .fault = fault});
-    messages.push_back(
-        Message{.id = m.id, .payload = m.payload, .version = VersionStamp{m.key, m.version}});
+    messages.push_back(Message{.id = m.id, .payload = m.payload, .version = StampOf(m)});
   }
   if (crash_before_claim) {
     Crash(self, ctx, hands);
@@ -320,11 +352,14 @@ void InProcessRun::HandleLease(int self, CallContext& ctx, const std::vector<Han
     if (h->fault == Fault::kPauseBeyondLease) {
       oracle_->FaultInjected(h->message, hc.token(), h->fault);
       // Frozen for longer than the lease while the others go on: the broker hands this
-      // consumer's deliveries to them, and once the lease has run out they take the claim over.
+      // consumer's deliveries to them at once, they find the claim in progress and retry every
+      // quarter lease, and once the lease has run out they take it over (an unversioned message
+      // is never refused as stale), so the completion this consumer sends when it wakes is the
+      // late one that fencing must refuse (I4). Woken a quarter lease after the lease ends: long
+      // enough for the takeover, short enough not to starve the others of consumers.
       for (const Hand& hand : hands) broker_->Redeliver(hand, time_->Now());
       Trace(self, absl::StrCat("m", h->message, " pauses beyond the lease"));
-      scheduler_->Yield(self, Scheduler::State::kSleeping,
-                        time_->Now() + config_.lease_ms + config_.lease_ms / 2 + 1);
+      scheduler_->Yield(self, Scheduler::State::kSleeping, time_->Now() + PauseMillis(config_));
       Trace(self, absl::StrCat("m", h->message, " resumes"));
       return;
     }
@@ -371,8 +406,7 @@ void InProcessRun::HandleTransactional(int self, CallContext& ctx, const Hand& h
     Crash(self, ctx, {hand});
     return;
   }
-  const Message message{
-      .id = m.id, .payload = m.payload, .version = VersionStamp{m.key, m.version}};
+  const Message message{.id = m.id, .payload = m.payload, .version = StampOf(m)};
   absl::StatusOr<ProcessResult> result;
   try {
     // No scheduling point inside: the transaction holds SQLite's write lock, and another
@@ -433,6 +467,15 @@ void InProcessRun::Crash(int self, CallContext& ctx, const std::vector<Hand>& ha
 }
 
 void InProcessRun::Answer(int self, const Hand& hand, const absl::StatusOr<ProcessResult>& result) {
+  if (!result.ok() && capacity_bound_ &&
+      result.status().code() == absl::StatusCode::kResourceExhausted) {
+    // Fail closed: the store is full and the handler did not run. Retrying cannot help until
+    // records expire, so the consumer parks the delivery (acks it to a dead-letter queue); the
+    // oracle checks that the store really was full.
+    if (broker_->Ack(hand)) oracle_->RefusedFull(hand.message);
+    Trace(self, absl::StrCat("m", hand.message, " parked: ", result.status().ToString()));
+    return;
+  }
   if (!result.ok()) {
     oracle_->StoreError();
     Trace(self, absl::StrCat("m", hand.message, " nack: ", result.status().ToString()));
@@ -472,6 +515,7 @@ absl::StatusOr<RunResult> InProcessRun::Run() {
       effects_status = rows.status();
     }
   }
+  if (capacity_bound_) StoreBound();
   RunResult out;
   if (config_.mode == Mode::kLease) {
     out.report = oracle_->Finish(broker_->Unacked(), [this](const std::string& key) {
@@ -501,6 +545,7 @@ absl::StatusOr<RunResult> InProcessRun::Run() {
   faulty_.reset();
   sabotaged_.reset();
   base_store_.reset();
+  oracle_.reset();
   if (!temp_dir_.empty()) {
     if (options_.keep_files || (options_.keep_files_on_failure && !out.report.passed())) {
       out.store_description += " (kept)";
@@ -533,7 +578,7 @@ absl::StatusOr<ShrinkResult> ShrinkFailure(const SimConfig& config, int max_runs
   SimConfig c = config;
   c.processes = 0;
   // Each attempt needs a fresh store: a temporary SQLite file for SQLite, memory for memory.
-  if (internal::SqlitePathOf(c.store_uri)) c.store_uri.clear();
+  if (ParseSqliteUri(c.store_uri).ok()) c.store_uri.clear();
   const Workload full = GenerateWorkload(c);
   const auto start = std::chrono::steady_clock::now();
   ShrinkResult out;

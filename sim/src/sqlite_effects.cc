@@ -39,16 +39,6 @@ const char* SynchronousPragma(SqliteSynchronous s) {
 
 }  // namespace
 
-std::optional<std::string> SqlitePathOf(std::string_view uri) {
-  constexpr std::string_view kScheme = "sqlite:";
-  if (uri.substr(0, kScheme.size()) != kScheme) return std::nullopt;
-  std::string_view rest = uri.substr(kScheme.size());
-  if (rest.substr(0, 2) == "//") rest.remove_prefix(2);  // sqlite:///abs -> /abs
-  rest = rest.substr(0, rest.find('?'));
-  if (rest.empty()) return std::nullopt;
-  return std::string(rest);
-}
-
 absl::StatusOr<SqliteDb> OpenConnection(const std::string& path, SqliteSynchronous synchronous) {
   sqlite3* raw = nullptr;
   const int rc =

@@ -10,7 +10,6 @@
 
 #include <cstdint>
 #include <memory>
-#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -28,10 +27,6 @@ struct StmtFinalizer {
   void operator()(sqlite3_stmt* stmt) const { sqlite3_finalize(stmt); }
 };
 using SqliteStmt = std::unique_ptr<sqlite3_stmt, StmtFinalizer>;
-
-// The file path of a sqlite: URI (sqlite:///abs or sqlite:rel, query dropped), or nullopt when
-// `uri` is not a sqlite: URI.
-std::optional<std::string> SqlitePathOf(std::string_view uri);
 
 // Opens `path` in WAL mode with a busy timeout and the given synchronous setting.
 [[nodiscard]] absl::StatusOr<SqliteDb> OpenConnection(const std::string& path,

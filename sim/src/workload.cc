@@ -65,6 +65,7 @@ Workload GenerateWorkload(const SimConfig& config) {
       m.id_index = w.distinct_ids++;
       m.id = MakeId(m.id_index);
     }
+    m.versioned = !rng.Chance(config.unversioned_rate);
     m.payload =
         absl::StrFormat("key=%s;version=%u;n=%d;salt=%016x", m.key, m.version, i, rng.Next());
     w.messages.push_back(std::move(m));
@@ -88,6 +89,11 @@ Workload GenerateWorkload(const SimConfig& config) {
                             std::tie(b.at_ms, b.message, b.copy);
                    });
   return w;
+}
+
+std::optional<VersionStamp> StampOf(const SimMessage& m) {
+  if (!m.versioned) return std::nullopt;
+  return VersionStamp{m.key, m.version};
 }
 
 Fault PlanFault(const SimConfig& config, Profile profile, int64_t message, int32_t copy,
@@ -126,6 +132,8 @@ Fault PlanFault(const SimConfig& config, Profile profile, int64_t message, int32
   }
   return Fault::kNone;
 }
+
+int64_t PauseMillis(const SimConfig& config) { return config.lease_ms + config.lease_ms / 4 + 1; }
 
 int64_t OutageMillis(const SimConfig& config) { return std::max<int64_t>(config.lease_ms / 5, 5); }
 

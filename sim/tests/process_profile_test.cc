@@ -60,6 +60,49 @@ TEST(ProcessProfile, BatchesAndForkedConsumersWork) {
   ExpectPassesWithKills(config, /*binary=*/"");
 }
 
+// The process profile is judged by the same oracle as the in-process one, fed from the
+// consumers' event log: a broken store in the consumer processes must fail the run.
+TEST(ProcessProfile, FailsWhenTheConsumersStoreIsSabotaged) {
+  for (Sabotage sabotage : {Sabotage::kCompleteIgnoresToken, Sabotage::kClaimForgetsRecords,
+                            Sabotage::kIgnoreVersions, Sabotage::kFalseDuplicates}) {
+    SimConfig config = Killing(1, Mode::kLease);
+    config.sabotage = sabotage;
+    if (sabotage == Sabotage::kCompleteIgnoresToken) {
+      // Broken fencing shows when a paused consumer's claim is taken over and it completes
+      // late: pause often, with a lease long enough for the takeover to fall inside the pause on
+      // a busy host, and few crashes to interrupt the takeover's redeliveries.
+      config.messages = 300;
+      config.pause_rate = 0.15;
+      config.crash_rate = 0.02;
+      config.lease_ms = 400;
+    }
+    RunOptions options;
+    options.self_binary = SimBinary();
+    options.keep_files_on_failure = false;  // these runs fail on purpose
+    absl::StatusOr<RunResult> result = RunSimulation(config, options);
+    ASSERT_TRUE(result.ok()) << SabotageName(sabotage) << ": " << result.status();
+    const Report& r = result->report;
+    EXPECT_FALSE(r.passed()) << SabotageName(sabotage) << " passed the oracle\n"
+                             << FormatReport(r, config, result->store_description);
+    switch (sabotage) {
+      case Sabotage::kCompleteIgnoresToken:
+        EXPECT_GT(r.fencing_violations, 0) << FormatReport(r, config, result->store_description);
+        break;
+      case Sabotage::kClaimForgetsRecords:
+        EXPECT_GT(r.double_effects, 0);
+        break;
+      case Sabotage::kIgnoreVersions:
+        EXPECT_GT(r.stale_applied, 0);
+        break;
+      case Sabotage::kFalseDuplicates:
+        EXPECT_GT(r.wrong_outcomes, 0);
+        break;
+      case Sabotage::kNone:
+        break;
+    }
+  }
+}
+
 TEST(ProcessProfile, RefusesAStoreTheProcessesCannotShare) {
   SimConfig config = Killing(1, Mode::kLease);
   config.store_uri = "memory:";

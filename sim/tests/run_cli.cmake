@@ -1,6 +1,6 @@
 # Runs idem-sim as a user would and checks its exit status and its last line.
 #   -DSIM=<path>                   the idem-sim binary
-#   -DCHECK=pass|sabotage|badflag  what to check
+#   -DCHECK=pass|sabotage|sabotage_processes|redact|badflag  what to check
 #   -DEXTRA=<args>                 (pass) more flags, ';'-separated, e.g. a --store and a profile
 if(CHECK STREQUAL "badflag")
   foreach(args "--messages=lots" "--no-such-flag=1" "--mode=sideways" "--dup-rate=1.5")
@@ -23,6 +23,22 @@ if(CHECK STREQUAL "badflag")
   return()
 endif()
 
+if(CHECK STREQUAL "redact")
+  # A store URI with a password, unreachable: the header and the error are printed, the
+  # password never.
+  set(uri "redis://user:s3cretpw@127.0.0.1:1/0?timeout_ms=200")
+  execute_process(COMMAND ${SIM} --messages=10 "--store=${uri}" --progress=none
+                  RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(out MATCHES "s3cretpw" OR err MATCHES "s3cretpw")
+    message(FATAL_ERROR "the password was printed:\n${out}\n${err}")
+  endif()
+  if(NOT out MATCHES "--store=redis://[^ ]*[*][*][*][^ ]*@127.0.0.1:1/0")
+    message(FATAL_ERROR "no redacted store URI in the header:\n${out}\n${err}")
+  endif()
+  message(STATUS "exit ${rc}: ${out}${err}")
+  return()
+endif()
+
 set(seed 7)
 if(DEFINED SEED)
   set(seed ${SEED})
@@ -31,6 +47,10 @@ set(args --messages=400 --keys=8 --consumers=3 --crash-rate=0.1 --pause-rate=0.0
          --progress=lines ${EXTRA})
 if(CHECK STREQUAL "sabotage")
   list(APPEND args --sabotage=claim_forgets_records --store=memory:)
+elseif(CHECK STREQUAL "sabotage_processes")
+  # Consumer processes on a SQLite file, judged by the same oracle from their event log.
+  list(APPEND args --sabotage=claim_forgets_records --processes=2 --lease-ms=200)
+  set(CHECK sabotage)
 endif()
 execute_process(COMMAND ${SIM} ${args} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
 string(STRIP "${out}" out)

@@ -1,6 +1,6 @@
-// idem-sim: the delivery simulator as a program (DESIGN.md §8). Generates an at-least-once
-// delivery history with duplicates, reordering, crashes and store faults from a seed, runs it
-// through the real library against a store, and reports whether every invariant held.
+// idem-sim: the delivery simulator as a program (docs/design.md, "Simulator"). Generates an
+// at-least-once delivery history with duplicates, reordering, crashes and store faults from a seed,
+// runs it through the real library against a store, and reports whether every invariant held.
 //
 // Exit status: 0 PASS, 1 FAIL, 2 bad command line, 3 the run could not be set up.
 #include <unistd.h>
@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <string>
 #include <string_view>
@@ -24,50 +25,62 @@
 #include "idem/sim/report.h"
 #include "idem/sim/simulator.h"
 
+namespace {
+// The flags' defaults are SimConfig's, so the library and the program cannot drift apart.
+const idem::sim::SimConfig kDefaults;
+}  // namespace
+
 ABSL_FLAG(std::string, store, "",
-          "Store URI: memory:, sqlite:///abs/path.db or sqlite:rel.db (or another URI OpenStore "
-          "knows; those run on real time). Default: a fresh SQLite file in a temporary "
-          "directory, removed after a passing run.");
+          "Store URI, opened by idem::OpenStore with its options: memory: (?capacity=N&evict=1), "
+          "sqlite:///abs/path.db or sqlite:rel.db (?synchronous=off|normal|full|extra), or "
+          "another URI OpenStore knows (those run on real time). Default: a fresh SQLite file "
+          "(synchronous=normal) in a temporary directory, removed after a passing run. Printed "
+          "with its password redacted.");
 ABSL_FLAG(std::string, mode, "lease",
           "lease: claim -> handler -> complete (at-least-once, duplicates suppressed). "
           "transactional: the handler's effect is a row written in the dedup row's SQLite "
           "transaction (exactly-once effect); needs a SQLite store.");
-ABSL_FLAG(int64_t, messages, 10000, "Distinct messages to generate.");
-ABSL_FLAG(int64_t, keys, 100, "Business keys; each message carries the next version of one.");
-ABSL_FLAG(int32_t, consumers, 4, "Consumer threads (in-process profile).");
+ABSL_FLAG(int64_t, messages, kDefaults.messages, "Distinct messages to generate.");
+ABSL_FLAG(int64_t, keys, kDefaults.keys,
+          "Business keys; each message carries the next version of one.");
+ABSL_FLAG(int32_t, consumers, kDefaults.consumers, "Consumer threads (in-process profile).");
 ABSL_FLAG(int32_t, processes, 0,
           "Consumer processes on a shared SQLite file, SIGKILLed at their crash points and "
           "restarted (process profile, real time). 0: use --consumers threads instead.");
-ABSL_FLAG(double, dup_rate, 0.2, "Share of messages the broker delivers more than once.");
-ABSL_FLAG(double, conflict_rate, 0.01,
+ABSL_FLAG(double, dup_rate, kDefaults.dup_rate,
+          "Share of messages the broker delivers more than once.");
+ABSL_FLAG(double, conflict_rate, kDefaults.conflict_rate,
           "Share of messages that reuse an earlier id with another payload.");
-ABSL_FLAG(int64_t, reorder_window, 16,
+ABSL_FLAG(double, unversioned_rate, kDefaults.unversioned_rate,
+          "Share of messages without a version stamp: never stale, so a paused consumer's "
+          "unversioned message is taken over and its late completion must be fenced.");
+ABSL_FLAG(int64_t, reorder_window, kDefaults.reorder_window,
           "A delivery may overtake up to this many earlier ones (versions of a key arrive out "
           "of order).");
-ABSL_FLAG(double, crash_rate, 0.02,
+ABSL_FLAG(double, crash_rate, kDefaults.crash_rate,
           "Per delivery attempt: the consumer crashes before the claim, after the claim, after "
           "the effect or after the completion (a quarter each).");
-ABSL_FLAG(double, pause_rate, 0.0005,
+ABSL_FLAG(double, pause_rate, kDefaults.pause_rate,
           "Per delivery attempt: the consumer freezes for longer than its lease after the "
-          "effect, and its claim is taken over.");
-ABSL_FLAG(double, store_error_rate, 0.01,
+          "effect; its deliveries go to the others, which take the claim over once the lease "
+          "has ended, and its late completion must be refused (fencing).");
+ABSL_FLAG(double, store_error_rate, kDefaults.store_error_rate,
           "Per delivery attempt (lease mode, in process): one claim or completion call fails.");
-ABSL_FLAG(double, outage_rate, 0.0002,
+ABSL_FLAG(double, outage_rate, kDefaults.outage_rate,
           "Per delivery attempt (lease mode, in process): every store call fails for a fifth "
           "of a lease.");
-ABSL_FLAG(double, lost_reply_rate, 0.005,
+ABSL_FLAG(double, lost_reply_rate, kDefaults.lost_reply_rate,
           "Per delivery attempt: the store applies a claim or completion and the reply is lost.");
-ABSL_FLAG(uint64_t, seed, 1, "Seed of the whole history: the same seed replays the same run.");
-ABSL_FLAG(int64_t, lease_ms, 1000,
+ABSL_FLAG(uint64_t, seed, kDefaults.seed,
+          "Seed of the whole history: the same seed replays the same run.");
+ABSL_FLAG(int64_t, lease_ms, kDefaults.lease_ms,
           "Claim lease in milliseconds (simulated in process, real with --processes).");
-ABSL_FLAG(int32_t, batch, 1, "Messages per ProcessBatch call (lease mode); 1: Process.");
-ABSL_FLAG(std::string, sqlite_synchronous, "normal",
-          "PRAGMA synchronous of the SQLite connections: off, normal (WAL: survives a process "
-          "crash), full (survives power loss) or extra.");
+ABSL_FLAG(int32_t, batch, kDefaults.batch,
+          "Messages per ProcessBatch call (lease mode); 1: Process.");
 ABSL_FLAG(std::string, sabotage, "none",
           "For demonstrations and tests: wrap the store in a deliberately broken one "
           "(complete_ignores_token, claim_forgets_records, ignore_versions, false_duplicates) "
-          "and watch the oracle fail.");
+          "and watch the oracle fail; in lease mode, with threads or --processes.");
 ABSL_FLAG(bool, shrink, true, "On FAIL, shrink the history to a small failing trace and print it.");
 ABSL_FLAG(int32_t, trace_lines, 120, "Most lines of the shrunk trace to print.");
 ABSL_FLAG(bool, trace, false,
@@ -96,7 +109,8 @@ void PrintUsage() {
   std::string out =
       "idem-sim: runs a seeded, deterministic at-least-once delivery history (duplicates,\n"
       "reordering, consumer crashes, lease expiry, store faults) through idem against a store,\n"
-      "checks the invariants of DESIGN.md §4 by counting, and reports. The last line of the\n"
+      "checks the invariants I1-I7 (docs/design.md, \"Invariants\") by counting, and reports. The "
+      "last line of the\n"
       "output is machine-readable:\n"
       "  RESULT verdict=PASS|FAIL messages=N deliveries=N handler_runs=N effects=N duplicates=N\n"
       "         stale=N in_progress=N conflicts=N dead_lettered=N lost=N double_effects=N\n"
@@ -185,19 +199,6 @@ idem::sim::SimConfig ConfigFromFlags() {
       idem::sim::ParseSabotage(absl::GetFlag(FLAGS_sabotage));
   if (!sabotage.ok()) UsageError(std::string(sabotage.status().message()));
   c.sabotage = *sabotage;
-  const std::string sync = absl::GetFlag(FLAGS_sqlite_synchronous);
-  if (sync == "off") {
-    c.synchronous = idem::SqliteSynchronous::kOff;
-  } else if (sync == "normal") {
-    c.synchronous = idem::SqliteSynchronous::kNormal;
-  } else if (sync == "full") {
-    c.synchronous = idem::SqliteSynchronous::kFull;
-  } else if (sync == "extra") {
-    c.synchronous = idem::SqliteSynchronous::kExtra;
-  } else {
-    UsageError(
-        absl::StrCat("--sqlite-synchronous must be off, normal, full or extra, got '", sync, "'"));
-  }
   c.seed = absl::GetFlag(FLAGS_seed);
   c.messages = absl::GetFlag(FLAGS_messages);
   c.keys = absl::GetFlag(FLAGS_keys);
@@ -205,6 +206,7 @@ idem::sim::SimConfig ConfigFromFlags() {
   c.processes = absl::GetFlag(FLAGS_processes);
   c.dup_rate = absl::GetFlag(FLAGS_dup_rate);
   c.conflict_rate = absl::GetFlag(FLAGS_conflict_rate);
+  c.unversioned_rate = absl::GetFlag(FLAGS_unversioned_rate);
   c.reorder_window = absl::GetFlag(FLAGS_reorder_window);
   c.crash_rate = absl::GetFlag(FLAGS_crash_rate);
   c.pause_rate = absl::GetFlag(FLAGS_pause_rate);
@@ -276,6 +278,9 @@ int main(int argc, char** argv) {
 
   idem::sim::SimConfig config = ConfigFromFlags();
   if (absl::GetFlag(FLAGS_child_fd) >= 0) {
+    // A consumer process gets the store URI through its environment, not its command line,
+    // which every user of the host can read (ps, /proc/<pid>/cmdline).
+    if (const char* uri = std::getenv(idem::sim::kChildStoreEnv)) config.store_uri = uri;
     return idem::sim::RunChildConsumer(config, absl::GetFlag(FLAGS_child_fd),
                                        absl::GetFlag(FLAGS_child_dir),
                                        absl::GetFlag(FLAGS_child_scope));

@@ -6,10 +6,10 @@
 // - The scheme is [A-Za-z][A-Za-z0-9+.-]*, compared in lower case.
 // - The authority ends at the first '/' or '?' after "//". The userinfo ends at the LAST '@' of
 //   the authority, so an unescaped '@' inside a password still parses; a '/' inside a password
-//   must be written %2F (otherwise it ends the authority, and the URI is rejected or means
-//   something else — it is never half-redacted).
-// - A userinfo without ':' is kept whole in `user`; Redis reads it as a password, so redaction
-//   masks every userinfo in full except the text before its first ':'.
+//   must be written %2F, a '?' %3F. After a non-empty authority, a raw '@' is refused: it can only
+//   be the end of such a password, which would otherwise be read as a path or query and shown.
+// - A userinfo without ':' is kept whole in `user` (Redis reads it as a password). Redaction masks
+//   every userinfo in full: "a:b" may be a user and a password or one password holding ':'.
 // - '#' is refused anywhere: a fragment is never meaningful for a store, and a password holding an
 //   unescaped '#' would otherwise be cut short silently.
 // - The port is decimal digits; a host may be "[v6 address]". Hosts may hold ',' (libpq's
@@ -60,8 +60,7 @@ struct Uri {
 // Parses `text` by the grammar above. InvalidArgument (naming the part) when it does not fit.
 [[nodiscard]] absl::StatusOr<Uri> ParseUri(std::string_view text);
 
-// `text` with every secret replaced by "***": the userinfo's password (or a userinfo without ':'
-// in full) and the value of every query option whose name holds "pass" or "secret". A text that
+// `text` with every secret replaced by "***": the whole userinfo, and the value of every query option whose name holds "pass" or "secret". A text that
 // ParseUri rejects is shown as its scheme only, followed by "<malformed URI hidden>".
 std::string RedactUriText(std::string_view text);
 
@@ -86,7 +85,7 @@ absl::Status UnknownUriOption(std::string_view scheme, std::string_view name,
                                                       std::string_view value, int64_t min,
                                                       int64_t max);
 
-// A boolean option: 0/1/true/false/yes/no/on/off (any case).
+// A boolean option: 0, 1, true or false (any case).
 [[nodiscard]] absl::StatusOr<bool> ParseUriBool(std::string_view scheme, std::string_view what,
                                                 std::string_view value);
 

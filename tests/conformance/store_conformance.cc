@@ -1,5 +1,5 @@
-// The DedupStore contract and the Processor over it (docs/design.md, "Records and states" to
-// "Modes"), checked against every backend. Each test reads as a sentence of the contract.
+// docs/design.md ("Records and states" to "Modes"), checked against every backend. Each test reads
+// as a sentence of the contract.
 #include "conformance/store_conformance.h"
 
 #include <atomic>

@@ -1,5 +1,4 @@
-// The conformance suite: the DedupStore contract (include/idem/store.h; docs/design.md, "Records
-// and states", "Outcomes", "Invariants"), checked by counting, for every backend.
+// The conformance suite: the semantics of docs/design.md, checked by counting, for every backend.
 //
 // A backend's test binary instantiates it with a harness that opens fresh, empty stores:
 //

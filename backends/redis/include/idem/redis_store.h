@@ -61,6 +61,7 @@
 #include <string_view>
 
 #include "absl/status/statusor.h"
+#include "idem/open_options.h"
 #include "idem/store.h"
 #include "idem/types.h"
 
@@ -124,9 +125,10 @@ struct RedisStoreOptions {
 // (this build's hiredis has no TLS). The error text never contains the password.
 [[nodiscard]] absl::StatusOr<RedisStoreOptions> ParseRedisUri(std::string_view uri);
 
-// ParseRedisUri, then NewRedisStore. Called by OpenStore for redis://, rediss:// and unix://.
+// ParseRedisUri, then NewRedisStore with `options`' warning sink and token source (the clock is the
+// server's). Called by OpenStore for redis://, rediss:// and unix://.
 [[nodiscard]] absl::StatusOr<std::unique_ptr<DedupStore>> OpenRedisStoreFromUri(
-    std::string_view uri);
+    std::string_view uri, const OpenOptions& options = {});
 
 }  // namespace idem
 

@@ -28,6 +28,7 @@
 
 #include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
+#include "idem/open_options.h"
 #include "idem/processor.h"
 #include "idem/store.h"
 #include "idem/types.h"
@@ -68,6 +69,16 @@ struct SqliteStoreOptions {
 // (the file holds a newer schema than this build knows), DataLoss (corrupt file).
 [[nodiscard]] absl::StatusOr<std::unique_ptr<DedupStore>> NewSqliteStore(
     SqliteStoreOptions options);
+
+// Parses sqlite:///absolute/path.db or sqlite:relative/path.db (percent-decoded) with options
+// ?synchronous=off|normal|full|extra&busy_timeout_ms=N&retention_ms=N&max_id_bytes=N.
+// InvalidArgument for anything else; the error never repeats the URI.
+[[nodiscard]] absl::StatusOr<SqliteStoreOptions> ParseSqliteUri(std::string_view uri);
+
+// ParseSqliteUri, then NewSqliteStore with `options`' clock and token source. Called by OpenStore
+// for sqlite: URIs.
+[[nodiscard]] absl::StatusOr<std::unique_ptr<DedupStore>> OpenSqliteStoreFromUri(
+    std::string_view uri, const OpenOptions& options = {});
 
 // The schema version this build writes.
 int SqliteSchemaVersion();

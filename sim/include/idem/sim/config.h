@@ -13,7 +13,6 @@
 #include <string_view>
 
 #include "absl/status/statusor.h"
-#include "idem/sqlite_store.h"
 
 namespace idem::sim {
 
@@ -61,14 +60,18 @@ enum class Profile {
   kProcesses,               // crashes (SIGKILL) and pauses
 };
 
+// The defaults are idem-sim's defaults (its flags take them from here), so a test that builds a
+// SimConfig and changes only the message count runs the program's default workload.
 struct SimConfig {
-  // Where dedup records live: memory:, sqlite:///abs/path.db, sqlite:rel.db, or any URI OpenStore
-  // knows (those run on real time). Empty: a fresh SQLite file in a temporary directory.
+  // Where dedup records live: memory: (options such as ?capacity=N&evict=1), sqlite:///abs.db,
+  // sqlite:rel.db (?synchronous=...), or any URI OpenStore knows (those run on real time).
+  // Opened by idem::OpenStore, so it means what it means everywhere else. Empty: a fresh SQLite
+  // file (synchronous=normal) in a temporary directory.
   std::string store_uri;
   Mode mode = Mode::kLease;
   uint64_t seed = 1;
-  int64_t messages = 1000;
-  int64_t keys = 50;
+  int64_t messages = 10000;
+  int64_t keys = 100;
   // In-process consumers (threads). Ignored when processes > 0.
   int consumers = 4;
   // Consumers as separate processes, SIGKILLed at their crash points and restarted. 0: threads.
@@ -77,12 +80,16 @@ struct SimConfig {
   double dup_rate = 0.2;
   // Share of messages that reuse an earlier message's id with another payload.
   double conflict_rate = 0.01;
+  // Share of messages without a version stamp (never stale; see SimMessage::versioned).
+  double unversioned_rate = 0.5;
   // Deliveries may overtake up to this many earlier ones (per-key reordering included).
   int64_t reorder_window = 16;
   // Per delivery attempt: crash at one of the four named points.
   double crash_rate = 0.02;
-  // Per delivery attempt: freeze for longer than the lease after the effect.
-  double pause_rate = 0.0005;
+  // Per delivery attempt: freeze for longer than the lease after the effect. High enough that a
+  // run of a few thousand messages sees several takeovers of an unversioned message whose
+  // paused consumer then completes late: the fencing path (I4) is exercised by default.
+  double pause_rate = 0.0015;
   // Per delivery attempt: one store call fails once.
   double store_error_rate = 0.01;
   // Per delivery attempt: the store becomes unavailable for a while.
@@ -93,12 +100,12 @@ struct SimConfig {
   int64_t lease_ms = 1000;
   // Messages per ProcessBatch call (lease mode); 1: Process one at a time.
   int batch = 1;
-  // PRAGMA synchronous of SQLite stores the simulator opens itself.
-  SqliteSynchronous synchronous = SqliteSynchronous::kNormal;
   Sabotage sabotage = Sabotage::kNone;
 };
 
-// One line naming every setting, for reports and failure messages.
+// One line naming every setting, for reports and failure messages: the command line that
+// replays the run. The store URI appears redacted (idem::RedactUri): a password never reaches a
+// terminal or a log through it.
 std::string DescribeConfig(const SimConfig& config);
 
 // REQUIRES nothing; returns InvalidArgument naming the first setting out of range.

@@ -38,8 +38,13 @@ struct Report {
   int64_t unexplained = 0;
   // I5: versions applied out of order per key, and gates that disagree with what was applied.
   int64_t stale_applied = 0;
+  // I7: a store bound broken: more records held than its capacity, a claim refused as full while
+  // it was not, ids run again after completion beyond what the store's evictions explain.
+  int64_t over_capacity = 0;
 
   // ---- details ----
+  int64_t capacity_refusals = 0;    // acks of deliveries refused because the store was full
+  int64_t evicted_reruns = 0;       // ids claimed again after their COMPLETED record was evicted
   int64_t store_errors = 0;         // non-OK statuses the consumers saw
   int64_t crashes = 0;              // consumer crashes (restarts)
   int64_t unacked = 0;              // deliveries never acknowledged (part of lost)
@@ -55,7 +60,8 @@ struct Report {
   std::vector<std::string> violations;
 
   bool passed() const {
-    return lost == 0 && double_effects == 0 && unexplained == 0 && stale_applied == 0;
+    return lost == 0 && double_effects == 0 && unexplained == 0 && stale_applied == 0 &&
+           over_capacity == 0;
   }
 };
 

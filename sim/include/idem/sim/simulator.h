@@ -1,6 +1,6 @@
-// The delivery simulator (DESIGN.md §8): drives the real library (Processor, ProcessBatch,
-// SqliteTransactional) through a generated at-least-once delivery history with faults, and lets
-// an oracle check the invariants of DESIGN.md §4 by counting.
+// The delivery simulator (docs/design.md, "Simulator"): drives the real library (Processor,
+// ProcessBatch, SqliteTransactional) through a generated at-least-once delivery history with
+// faults, and lets an oracle check the invariants I1-I7 (docs/design.md, "Invariants") by counting.
 //
 // Two profiles:
 //  - in process: consumers are threads that take turns at scheduling points (before each store
@@ -8,10 +8,12 @@
 //    therefore reproducible from its config, and leases expire without waiting; thousands of
 //    seeds run in seconds. Crashes are emulated: a crashed consumer's later store calls never
 //    reach the store, as if its process had died.
-//  - processes (config.processes > 0): each consumer is a separate process on a shared SQLite
-//    file, on real time, SIGKILLed at its crash points and restarted; the simulator is the broker
-//    that redelivers what was not acknowledged. Effects are recorded durably (a log in lease mode,
-//    rows in the consumer's transaction in transactional mode) for the oracle to count.
+//  - processes (config.processes > 0): each consumer is a separate process on a shared store (a
+//    SQLite file, or a server such as Redis), on real time, SIGKILLed at its crash points and
+//    restarted; the simulator is the broker that redelivers what was not acknowledged. Each
+//    consumer writes what its store applied and what its handler did to a durable event log (and,
+//    in transactional mode, effect rows in its transaction); the broker replays that log into
+//    the same oracle as the in-process profile.
 //
 // Thread-safety: RunSimulation and ShrinkFailure may run concurrently with each other as long as
 // they use different stores.
@@ -76,6 +78,10 @@ struct ShrinkResult {
 [[nodiscard]] absl::StatusOr<ShrinkResult> ShrinkFailure(const SimConfig& config,
                                                          int max_runs = 200,
                                                          double max_seconds = 30);
+
+// The environment variable through which the process profile hands each consumer process the
+// store URI (a command line is readable by every user of the host; the environment is not).
+inline constexpr char kChildStoreEnv[] = "IDEM_SIM_CHILD_STORE";
 
 // The consumer side of the process profile: reads deliveries from `fd`, processes them, answers
 // on `fd`, and kills itself with SIGKILL at its crash points. Returns the process exit code.

@@ -8,10 +8,12 @@
 #define IDEM_SIM_WORKLOAD_H_
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "idem/sim/config.h"
+#include "idem/types.h"
 
 namespace idem::sim {
 
@@ -20,6 +22,11 @@ struct SimMessage {
   std::string payload;  // fingerprinted by the library
   std::string key;      // business key of the version gate
   uint64_t version = 0;
+  // Whether the message carries a version stamp. Events that no version gate orders (a
+  // notification, an append-only log entry) are never stale, so a redelivery of one whose
+  // consumer paused past its lease is taken over rather than refused as stale, and the late
+  // completion of the paused consumer must be fenced.
+  bool versioned = true;
   int64_t id_index = 0;    // index of the distinct id; messages reusing an id share it
   bool reuses_id = false;  // same id as an earlier message, different payload
 };
@@ -40,11 +47,18 @@ struct Workload {
 
 Workload GenerateWorkload(const SimConfig& config);
 
+// The version stamp a consumer attaches to `m`, or nullopt for an unversioned message.
+std::optional<VersionStamp> StampOf(const SimMessage& m);
+
 // The fault injected into attempt `attempt` (0 for the first hand-out) of a delivery copy. A
 // pure function of the config and its arguments; attempts past a few are never faulted, so
 // every message can eventually get through.
 Fault PlanFault(const SimConfig& config, Profile profile, int64_t message, int32_t copy,
                 int32_t attempt);
+
+// How long a consumer hit by kPauseBeyondLease freezes (simulated or real ms): past its lease
+// by a quarter lease, the interval at which the others retry a claim they found in progress.
+int64_t PauseMillis(const SimConfig& config);
 
 // How long a store outage lasts (simulated or real ms).
 int64_t OutageMillis(const SimConfig& config);
