@@ -254,6 +254,7 @@ class MemoryStore final : public DedupStore {
   }
 
   absl::StatusOr<int64_t> PurgeExpired(int64_t limit) override {
+    if (absl::Status s = ValidatePurgeLimit(limit); !s.ok()) return s;
     int64_t purged = 0;
     for (Shard& shard : shards_) {
       std::lock_guard<internal::AdaptiveMutex> lock(shard.mu);

@@ -60,6 +60,14 @@ absl::Status ValidateLease(std::chrono::milliseconds lease) {
   return absl::OkStatus();
 }
 
+absl::Status ValidatePurgeLimit(int64_t limit) {
+  if (limit < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("purge limit must be >= 0 (0: no limit), got ", limit));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ValidateClaimRequest(const ClaimRequest& request, std::size_t max_id_bytes) {
   if (absl::Status s = ValidateScope(request.scope); !s.ok()) return s;
   if (absl::Status s = ValidateId(request.id, max_id_bytes); !s.ok()) return s;

@@ -181,8 +181,9 @@ class DedupStore {
 
   // Deletes COMPLETED records past their retention and abandoned claims past their lease and
   // retention, at most `limit` of them (0: no limit). Returns how many were deleted.
-  // (No default argument: a default on a virtual function is bound by the caller's static type,
-  // so an override could never change it.)
+  // InvalidArgument for a negative limit (ValidatePurgeLimit). (No default argument: a default on
+  // a virtual function is bound by the caller's static type, so an override could never change
+  // it.)
   [[nodiscard]] virtual absl::StatusOr<int64_t> PurgeExpired(int64_t limit) = 0;
 
   // The highest version applied for (scope, key), or nullopt if none was.
@@ -202,6 +203,8 @@ class DedupStore {
 
 // Returns OK if 0 < lease <= 2^40 ms (about 34 years); InvalidArgument otherwise.
 [[nodiscard]] absl::Status ValidateLease(std::chrono::milliseconds lease);
+// Returns OK if limit >= 0 (0: no limit); InvalidArgument otherwise.
+[[nodiscard]] absl::Status ValidatePurgeLimit(int64_t limit);
 // Validates a claim request: scope (ValidateScope), id and version key (ValidateId), lease
 // (ValidateLease).
 [[nodiscard]] absl::Status ValidateClaimRequest(const ClaimRequest& request,

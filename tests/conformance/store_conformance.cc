@@ -151,6 +151,13 @@ TEST_P(StoreConformance, FencedRefusalsSayTheSameWordsInEveryBackendAndAreCounte
   EXPECT_EQ(MustClaim("m-1").status, ClaimStatus::kInProgress) << "a refusal changes nothing";
 }
 
+TEST_P(StoreConformance, NegativePurgeLimitIsInvalidArgumentAndPurgesNothing) {
+  const ClaimResult claim = MustAcquire("m-1");
+  IDEM_ASSERT_OK(store_->Complete(CompleteOf("m-1", claim.token)));
+  EXPECT_THAT(store_->PurgeExpired(-1), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_EQ(MustClaim("m-1").status, ClaimStatus::kDuplicate);
+}
+
 TEST_P(StoreConformance, CompleteTwiceIsAbortedTheSecondTime) {
   const ClaimResult claim = MustAcquire("m-1");
   IDEM_ASSERT_OK(store_->Complete(CompleteOf("m-1", claim.token)));

@@ -505,6 +505,7 @@ class PostgresStore final : public DedupStore {
   }
 
   absl::StatusOr<int64_t> PurgeExpired(int64_t limit) override {
+    if (absl::Status s = ValidatePurgeLimit(limit); !s.ok()) return s;
     Params p;
     if (limit > 0) {
       p.Int8(limit);

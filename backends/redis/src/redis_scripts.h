@@ -7,8 +7,10 @@
 //    (format, state, token, attempts, keep, flags), then the fingerprint and the result. The
 //    token is 8 opaque bytes, only compared, never converted to a Lua number.
 //  - Time is the server's, through the key's TTL: an IN_PROGRESS record is written with
-//    PX lease + keep, so its lease is live while PTTL > keep. No script reads TIME; the client
-//    pipelines one TIME ahead of its claims to report lease ends (redis_store.cc).
+//    PX lease + keep, so its lease is live while PTTL > keep. No script that writes reads TIME
+//    (a script that calls it may not write on old servers); the client pipelines one TIME ahead
+//    of its claims to report lease ends (redis_store.cc). Only Inspect's read-only script returns
+//    TIME, with the TTL it reads.
 //  - Durations arrive as decimal strings built by the client and go back to Redis unchanged:
 //    the common paths format no numbers. (The rare ones that add durations format with '%.0f',
 //    exact below 2^53; leases and retention stay below 2^40 ms.)

@@ -775,7 +775,7 @@ absl::StatusOr<int64_t> RedisStore::Extend(std::string_view scope, std::string_v
 }
 
 absl::StatusOr<int64_t> RedisStore::PurgeExpired(int64_t limit) {
-  if (limit < 0) return absl::InvalidArgumentError("purge: limit must be >= 0");
+  IDEM_RETURN_IF_ERROR(ValidatePurgeLimit(limit));
   // Every record is written with a TTL (SET … PX; Extend moves it with PEXPIRE), so the server
   // deletes expired ones itself.
   return 0;

@@ -331,6 +331,7 @@ class SqliteStore final : public DedupStore {
   }
 
   absl::StatusOr<int64_t> PurgeExpired(int64_t limit) override {
+    if (absl::Status s = ValidatePurgeLimit(limit); !s.ok()) return s;
     absl::MutexLock lock(&mu_);
     WriteTxn txn(db_.get(), st_.txn);
     if (absl::Status s = txn.Begin("purge"); !s.ok()) return s;
