@@ -14,20 +14,22 @@
 //   Unavailable        the store is down, busy or locked; retry the call with backoff. For a
 //                      remote store whose connection broke mid-call, the call may have been
 //                      applied (retry: the claim and the owner checks make that safe)
-//   DeadlineExceeded   the call timed out (Redis); the write may or may not have been applied
+//   DeadlineExceeded   the call timed out (Redis I/O timeout, PostgreSQL statement_timeout); the
+//                      write may or may not have been applied
 //   Aborted            the token no longer owns the claim (lease lost); retry from the claim
 //   ResourceExhausted  a capacity bound was reached: the in-memory store's capacity, a full
-//                      disk or out of memory (SQLite), Redis at maxmemory (OOM)
+//                      disk or out of memory (SQLite, PostgreSQL), Redis at maxmemory (OOM)
 //   FailedPrecondition schema or configuration mismatch (a newer schema, a read-only database,
 //                      a key of another type, a missing Redis db); in SQLite transactional mode
-//                      also a handler's write refused at COMMIT (a deferred constraint)
+//                      also a handler's write refused at COMMIT (a deferred constraint), in
+//                      PostgreSQL a missing table or a read-only server
 //   DataLoss           the store's data is corrupt or not idem's
 //   Unauthenticated    the server refused or requires authentication (Redis NOAUTH, WRONGPASS)
 //   PermissionDenied   the credentials or the file lack a permission (Redis NOPERM; SQLite PERM,
-//                      AUTH)
+//                      AUTH; PostgreSQL authentication or privilege errors)
 //   Cancelled          the call was interrupted (SQLite INTERRUPT, e.g. sqlite3_interrupt)
 //   Internal           a reply or state the store cannot explain (an unexpected server reply,
-//                      an unknown SQLite error); report it
+//                      an unknown SQLite or PostgreSQL error); report it
 //   Unimplemented      the operation or backend is not built
 //
 // Thread-safety: every DedupStore implementation is safe to call from several threads at once.
