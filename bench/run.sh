@@ -12,9 +12,13 @@
 #   --no-peer   skip the Powertools peer even if node is installed
 #
 # Environment: BUILD_DIR (default build-bench), JOBS (default 2), IDEM_BENCH_REDIS_PORT
-# (default 26479), IDEM_BENCH_PG_PORT (default 26432). PostgreSQL 15 runs as a private cluster
-# (backends/postgres/tests/pg_server.sh: initdb in a temporary directory, 127.0.0.1 only, fsync and
-# synchronous_commit on, the defaults), stopped by its PID on exit. The redis-server listens on 127.0.0.1 only, with appendonly yes and
+# (default 26479), IDEM_BENCH_PG_PORT (default 26432), IDEM_BENCH_RABBITMQ_PORT (default 26672; the
+# two ports above it too: the broker's Erlang distribution and epmd). PostgreSQL 15 runs as a
+# private cluster (backends/postgres/tests/pg_server.sh: initdb in a temporary directory, 127.0.0.1
+# only, fsync and synchronous_commit on, the defaults), stopped by its PID on exit. The RabbitMQ
+# benchmark runs Debian's rabbitmq-server as a plain process on 127.0.0.1
+# (adapters/rabbitmq/tests/rabbitmq_server.sh), stopped by its PID. The redis-server listens on
+# 127.0.0.1 only, with appendonly yes and
 # appendfsync everysec (Redis's default fsync policy), no RDB snapshots and no automatic AOF
 # rewrite (a rewrite forks mid-run and adds noise); it is stopped by its PID on exit.
 #
@@ -51,11 +55,11 @@ as_root() {
 # Debian packages the run needs; the chart's gnuplot-nox is installed if missing.
 missing=()
 for tool_pkg in cmake:cmake ninja:ninja-build gnuplot:gnuplot-nox redis-server:redis-server \
-                python3:python3; do
+                python3:python3 epmd:erlang-base; do
   command -v "${tool_pkg%%:*}" >/dev/null 2>&1 || missing+=("${tool_pkg#*:}")
 done
 for pkg in libbenchmark-dev libhiredis-dev libsqlite3-dev libabsl-dev libxxhash-dev libpq-dev \
-           postgresql; do
+           postgresql librabbitmq-dev rabbitmq-server; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" ||
     missing+=("$pkg")
 done
@@ -69,9 +73,9 @@ fi
 echo "run.sh: building (Release) in $build"
 cmake -S "$repo" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DIDEM_BUILD_BENCHMARKS=ON \
   -DIDEM_BUILD_TESTS=OFF -DIDEM_BUILD_TOOLS=OFF -DIDEM_WITH_SQLITE=ON -DIDEM_WITH_REDIS=ON \
-  -DIDEM_WITH_POSTGRES=ON >/dev/null
+  -DIDEM_WITH_POSTGRES=ON -DIDEM_WITH_RABBITMQ=ON >/dev/null
 cmake --build "$build" -j"$jobs" --target idem_bench_memory idem_bench_sqlite idem_bench_redis \
-  idem_bench_postgres
+  idem_bench_postgres idem_bench_rabbitmq
 
 rm -rf "$out" "$build/bench-redis"
 mkdir -p "$out" "$data" "$build/bench-redis"
@@ -86,7 +90,16 @@ stop_redis() {
   fi
   sh backends/postgres/tests/pg_server.sh stop "$pg_state" >/dev/null 2>&1 || true
 }
-trap stop_redis EXIT
+# ---- a private rabbitmq-server, stopped by PID (started after the Redis runs) ---------------
+rabbit_port=${IDEM_BENCH_RABBITMQ_PORT:-26672}
+rabbit_dir=$build/bench-rabbitmq
+rabbit_script=$repo/adapters/rabbitmq/tests/rabbitmq_server.sh
+stop_rabbit() {
+  if [ -s "$rabbit_dir/server/server.pid" ]; then
+    sh "$rabbit_script" stop "$rabbit_dir/server" >/dev/null
+  fi
+}
+trap 'stop_redis; stop_rabbit' EXIT
 if redis-cli -h 127.0.0.1 -p "$port" ping >/dev/null 2>&1; then
   echo "run.sh: something already listens on 127.0.0.1:$port; set IDEM_BENCH_REDIS_PORT" >&2
   exit 1
@@ -144,9 +157,22 @@ elif ((peer)); then
   echo "run.sh: node not found; the peer is skipped"
 fi
 
+# ---- RabbitMQ: messages/s through the adapter, without and with idem, on a private broker ---
+rm -rf "$rabbit_dir" && mkdir -p "$rabbit_dir"
+# The fixture's readiness probe is the benchmark binary itself (an AMQP login).
+printf '#!/bin/sh\nexec "%s" --probe "$1"\n' "$build/bench/idem_bench_rabbitmq" >"$rabbit_dir/probe"
+chmod +x "$rabbit_dir/probe"
+echo "run.sh: idem_bench_rabbitmq (rabbitmq-server on 127.0.0.1:$rabbit_port)"
+sh "$rabbit_script" start "$rabbit_port" "$rabbit_dir/server" "$rabbit_dir/probe"
+rabbit_messages=$( ((quick)) && echo 5000 || echo 20000)
+"$build/bench/idem_bench_rabbitmq" "$rabbit_port" "$rabbit_messages" 3 "$data" >"$out/rabbitmq.txt"
+sh "$rabbit_script" stop "$rabbit_dir/server" >/dev/null
+
 # ---- the table, the chart --------------------------------------------------------------------
 mode=$( ((quick)) && echo quick || echo full)
 python3 bench/report.py "$out" --mode "$mode" --redis-version "$(redis-server --version)"
+# report.py reads the Google Benchmark JSON; the RabbitMQ program prints its RATIO lines itself.
+cat "$out/rabbitmq.txt"
 if ((publish)); then
   mkdir -p bench/results
   cp "$out/results.md" "$out/throughput.png" bench/results/

@@ -1,10 +1,12 @@
 #include "idem/processor.h"
 
+#include <algorithm>
 #include <exception>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "internal/status_macros.h"
 
@@ -150,9 +152,10 @@ struct BatchEntry {
   std::size_t index = 0;  // position in the caller's batch
   uint64_t token = 0;
   uint32_t attempt = 0;
-  // kPending until its handler ran (kHandled) or its claim was found lost before it could run
-  // (kAbandoned: neither completed nor released, it belongs to someone else now).
-  enum class State { kPending, kHandled, kAbandoned } state = State::kPending;
+  // kPending until its handler ran (kHandled), its claim was found lost before it could run
+  // (kAbandoned: neither completed nor released, it belongs to someone else now), or a newer
+  // version of its key ran earlier in the batch (kSuperseded: stale, released without running).
+  enum class State { kPending, kHandled, kAbandoned, kSuperseded } state = State::kPending;
   std::optional<std::string> result;
 };
 
@@ -175,7 +178,8 @@ class BatchUnwind {
     try {
       if (!completes_.empty()) (void)store_.CompleteBatch(completes_);
       for (const BatchEntry& entry : entries_) {
-        if (entry.state == BatchEntry::State::kPending) {
+        if (entry.state == BatchEntry::State::kPending ||
+            entry.state == BatchEntry::State::kSuperseded) {
           (void)store_.Release(scope_, messages_[entry.index].id, entry.token);
         }
       }
@@ -226,10 +230,21 @@ std::vector<absl::StatusOr<ProcessResult>> Processor::ProcessBatch(
   std::vector<const BatchEntry*> completed_entries;
   completes.reserve(entries.size());
   completed_entries.reserve(entries.size());
+  // Every claim of the batch passed the store's version gate against the versions applied before
+  // the batch, so a key's older version that follows a newer one in the same batch would run its
+  // handler although it is stale: the newest version of each key handled so far refuses it here.
+  absl::flat_hash_map<std::string_view, uint64_t> handled_versions;
   {
     BatchUnwind guard(*store_, completes, entries, scope_, messages);
     for (BatchEntry& entry : entries) {
       const Message& message = messages[entry.index];
+      if (message.version) {
+        const auto newer = handled_versions.find(message.version->key);
+        if (newer != handled_versions.end() && newer->second >= message.version->version) {
+          entry.state = BatchEntry::State::kSuperseded;
+          continue;
+        }
+      }
       if (clock.NowMillis() - claimed_at >= options_.lease.count() / 2) {
         absl::StatusOr<int64_t> renewed =
             store_->Extend(scope_, message.id, entry.token, options_.lease);
@@ -243,6 +258,10 @@ std::vector<absl::StatusOr<ProcessResult>> Processor::ProcessBatch(
       handler(context);
       entry.state = BatchEntry::State::kHandled;
       entry.result = context.result();
+      if (message.version) {
+        uint64_t& newest = handled_versions[message.version->key];
+        newest = std::max(newest, message.version->version);
+      }
       CompleteRequest complete{.scope = scope_,
                                .id = message.id,
                                .token = entry.token,
@@ -257,6 +276,14 @@ std::vector<absl::StatusOr<ProcessResult>> Processor::ProcessBatch(
   }
 
   std::vector<absl::StatusOr<CompleteStatus>> done = store_->CompleteBatch(completes);
+  // A superseded message is acked as stale and its claim released, not completed: were the newer
+  // version's completion to fail, completing the older one would apply a version whose handler
+  // never ran. A redelivery is refused at its claim once the newer version is applied.
+  for (const BatchEntry& entry : entries) {
+    if (entry.state != BatchEntry::State::kSuperseded) continue;
+    (void)store_->Release(scope_, messages[entry.index].id, entry.token);
+    out[entry.index] = ProcessResult{.outcome = Outcome::kStale, .attempt = entry.attempt};
+  }
   for (std::size_t k = 0; k < completed_entries.size(); ++k) {
     const BatchEntry& entry = *completed_entries[k];
     if (k >= done.size()) {

@@ -749,6 +749,36 @@ TEST_P(StoreConformance, ProcessBatchCompletesHandledAndReleasesTheRestWhenAHand
   EXPECT_EQ(t2.attempt, 2u);
 }
 
+// Every claim of a batch passes the gate against what was applied before the batch; an older
+// version that follows a newer one of the same key in the batch must still not run its handler.
+TEST_P(StoreConformance, ProcessBatchNeverRunsAVersionOlderThanOneItAlreadyRan) {
+  IDEM_ASSERT_OK_AND_ASSIGN(Processor processor, Processor::Create(*store_, std::string(kScope)));
+  std::vector<Message> messages = {
+      {.id = "v-8", .payload = "8", .version = VersionStamp{"user-b", 8}},
+      {.id = "v-7", .payload = "7", .version = VersionStamp{"user-b", 7}},
+      {.id = "w-3", .payload = "3", .version = VersionStamp{"user-c", 3}},
+      {.id = "v-8-again", .payload = "8b", .version = VersionStamp{"user-b", 8}},
+      {.id = "v-9", .payload = "9", .version = VersionStamp{"user-b", 9}}};
+  std::set<std::string> ran;
+  auto out = processor.ProcessBatch(
+      messages, [&](HandlerContext& c) { ran.insert(std::string(c.message_id())); });
+  ASSERT_EQ(out.size(), messages.size());
+  const Outcome expected[] = {Outcome::kProcessed, Outcome::kStale, Outcome::kProcessed,
+                              Outcome::kStale, Outcome::kProcessed};
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    IDEM_ASSERT_OK(out[i]) << i;
+    EXPECT_EQ(out[i]->outcome, expected[i]) << messages[i].id;
+  }
+  EXPECT_EQ(ran, (std::set<std::string>{"v-8", "w-3", "v-9"}));
+  IDEM_ASSERT_OK_AND_ASSIGN(auto applied, store_->AppliedVersion(kScope, "user-b"));
+  EXPECT_THAT(applied, Optional(Eq(uint64_t{9})));
+  // The superseded claim was released, not left to its lease: a redelivery is refused at once.
+  IDEM_ASSERT_OK_AND_ASSIGN(
+      const ClaimResult again,
+      store_->Claim({.scope = kScope, .id = "v-7", .version = VersionStamp{"user-b", 7}}));
+  EXPECT_EQ(again.status, ClaimStatus::kStale);
+}
+
 }  // namespace
 
 // A binary that links the suite without a backend to run it on is not an error.
