@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "internal/adaptive_mutex.h"
 #include "internal/list_cursor.h"
+#include "internal/owner.h"
 #include "internal/store_counters.h"
 #include "internal/strings.h"
 #include "internal/token.h"
@@ -155,7 +156,7 @@ class MemoryStore final : public DedupStore {
     if (reclaim_expired) {
       // Retention ran out: the id is new again (documented; counted).
       Counters::Add(shard.counters.retention_reclaims);
-    } else if (absl::Status s = ReserveSlot(shard, now); !s.ok()) {
+    } else if (absl::Status s = ReserveSlot(shard); !s.ok()) {
       return s;
     }
     Record fresh{
@@ -222,7 +223,10 @@ class MemoryStore final : public DedupStore {
   }
 
   absl::Status Release(std::string_view scope, std::string_view id, uint64_t token) override {
-    if (absl::Status s = ValidateOwnerArgs(scope, id, token); !s.ok()) return s;
+    if (absl::Status s = internal::ValidateOwnerArgs(scope, id, token, options_.max_id_bytes);
+        !s.ok()) {
+      return s;
+    }
     const std::string& key = LookupKey(KeyBuffer::kRecord, scope, id);
     const std::size_t hash = HashOf(key);
     Shard& shard = ShardFor(hash);
@@ -238,7 +242,10 @@ class MemoryStore final : public DedupStore {
 
   absl::StatusOr<int64_t> Extend(std::string_view scope, std::string_view id, uint64_t token,
                                  std::chrono::milliseconds lease) override {
-    if (absl::Status s = ValidateOwnerArgs(scope, id, token); !s.ok()) return s;
+    if (absl::Status s = internal::ValidateOwnerArgs(scope, id, token, options_.max_id_bytes);
+        !s.ok()) {
+      return s;
+    }
     if (absl::Status s = ValidateLease(lease); !s.ok()) return s;
     const std::string& key = LookupKey(KeyBuffer::kRecord, scope, id);
     const std::size_t hash = HashOf(key);
@@ -252,6 +259,7 @@ class MemoryStore final : public DedupStore {
   }
 
   absl::StatusOr<int64_t> PurgeExpired(int64_t limit) override {
+    if (absl::Status s = ValidatePurgeLimit(limit); !s.ok()) return s;
     int64_t purged = 0;
     for (Shard& shard : shards_) {
       std::lock_guard<internal::AdaptiveMutex> lock(shard.mu);
@@ -351,7 +359,10 @@ class MemoryStore final : public DedupStore {
 
   absl::Status ResetAttempts(std::string_view scope, std::string_view id,
                              uint64_t token) override {
-    if (absl::Status s = ValidateOwnerArgs(scope, id, token); !s.ok()) return s;
+    if (absl::Status s = internal::ValidateOwnerArgs(scope, id, token, options_.max_id_bytes);
+        !s.ok()) {
+      return s;
+    }
     {
       const std::string& key = LookupKey(KeyBuffer::kRecord, scope, id);
       const std::size_t hash = HashOf(key);
@@ -438,13 +449,6 @@ class MemoryStore final : public DedupStore {
     return it->second;
   }
 
-  absl::Status ValidateOwnerArgs(std::string_view scope, std::string_view id, uint64_t token) {
-    if (absl::Status s = ValidateScope(scope); !s.ok()) return s;
-    if (absl::Status s = ValidateId(id, options_.max_id_bytes); !s.ok()) return s;
-    if (token == 0) return absl::InvalidArgumentError("token 0 is never issued by a claim");
-    return absl::OkStatus();
-  }
-
   // The record if `token` owns its live claim, else nullptr.
   static Record* OwnedRecord(Shard& shard, const std::string& key, std::size_t hash,
                              uint64_t token) {
@@ -457,8 +461,7 @@ class MemoryStore final : public DedupStore {
 
   static absl::Status Fenced(Shard& shard, std::string_view operation) {
     Counters::Add(shard.counters.fenced);
-    return absl::AbortedError(absl::StrCat(
-        std::string(operation), " refused: the token no longer owns the claim (lease lost)"));
+    return internal::FencedError("memory", operation);
   }
 
   static bool IsPurgeable(const Record& r, int64_t now) {
@@ -467,31 +470,37 @@ class MemoryStore final : public DedupStore {
   }
 
   // Takes one slot of the capacity for a new record, evicting if configured (I7).
-  absl::Status ReserveSlot(Shard& shard, int64_t now) {
+  absl::Status ReserveSlot(Shard& shard) {
     if (count_.fetch_add(1, std::memory_order_relaxed) < options_.capacity) {
       return absl::OkStatus();
     }
-    if (options_.evict_oldest && EvictOldest(shard, now)) {
+    if (options_.evict_oldest && EvictOldest(shard)) {
       return absl::OkStatus();  // the evicted record's slot is reused
     }
     count_.fetch_sub(1, std::memory_order_relaxed);
     Counters::Add(shard.counters.capacity_rejections);
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "in-memory store is full (capacity=", options_.capacity,
-        options_.evict_oldest ? "; nothing evictable in this shard" : "; eviction is off",
-        "); the claim was not recorded"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("in-memory store is full (capacity=", options_.capacity,
+                     options_.evict_oldest ? "; no COMPLETED record to evict in this shard"
+                                           : "; eviction is off",
+                     "); the claim was not recorded"));
   }
 
-  // Evicts the oldest record of `shard` that is not a live claim. Returns whether one was.
-  bool EvictOldest(Shard& shard, int64_t now) {
+  // Evicts the oldest COMPLETED record of `shard`. Returns whether one was.
+  //
+  // Only COMPLETED records: a RELEASED record, or an IN_PROGRESS one whose lease ended, holds the
+  // attempt count that max_attempts is judged by; evicting it would let the next claim start
+  // again at attempt 1, so a poison message would never be dead-lettered. A live claim is never
+  // evicted either. Evicting a COMPLETED record only forgets a duplicate early, which is what the
+  // capacity bound trades (I7).
+  bool EvictOldest(Shard& shard) {
     for (auto q = shard.order.begin(); q != shard.order.end();) {
       auto it = shard.records.find(q->first);
       if (it == shard.records.end() || it->second.seq != q->second) {
         q = shard.order.erase(q);  // its record was purged or replaced
         continue;
       }
-      const Record& r = it->second;
-      if (r.state == RecordState::kInProgress && r.lease_until > now) {
+      if (it->second.state != RecordState::kCompleted) {
         ++q;
         continue;
       }

@@ -4,6 +4,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "internal/owner.h"
 
 namespace idem {
 namespace {
@@ -62,6 +63,14 @@ absl::Status ValidateLease(std::chrono::milliseconds lease) {
   return absl::OkStatus();
 }
 
+absl::Status ValidatePurgeLimit(int64_t limit) {
+  if (limit < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("purge limit must be >= 0 (0: no limit), got ", limit));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ValidateClaimRequest(const ClaimRequest& request, std::size_t max_id_bytes) {
   if (absl::Status s = ValidateScope(request.scope); !s.ok()) return s;
   if (absl::Status s = ValidateId(request.id, max_id_bytes); !s.ok()) return s;
@@ -75,9 +84,11 @@ absl::Status ValidateClaimRequest(const ClaimRequest& request, std::size_t max_i
 }
 
 absl::Status ValidateCompleteRequest(const CompleteRequest& request, std::size_t max_id_bytes) {
-  if (absl::Status s = ValidateScope(request.scope); !s.ok()) return s;
-  if (absl::Status s = ValidateId(request.id, max_id_bytes); !s.ok()) return s;
-  if (request.token == 0) return absl::InvalidArgumentError("token 0 is never issued by a claim");
+  if (absl::Status s =
+          internal::ValidateOwnerArgs(request.scope, request.id, request.token, max_id_bytes);
+      !s.ok()) {
+    return s;
+  }
   if (request.retention.count() < 0 || request.retention.count() > kMaxDurationMillis) {
     return absl::InvalidArgumentError(absl::StrCat("retention must be within 0..2^40 ms, got ",
                                                    request.retention.count(), " ms"));
@@ -89,6 +100,25 @@ absl::Status ValidateCompleteRequest(const CompleteRequest& request, std::size_t
   }
   return absl::OkStatus();
 }
+
+namespace internal {
+
+absl::Status ValidateOwnerArgs(std::string_view scope, std::string_view id, uint64_t token,
+                               std::size_t max_id_bytes) {
+  if (absl::Status s = ValidateScope(scope); !s.ok()) return s;
+  if (absl::Status s = ValidateId(id, max_id_bytes); !s.ok()) return s;
+  if (token == 0) return absl::InvalidArgumentError("token 0 is never issued by a claim");
+  return absl::OkStatus();
+}
+
+absl::Status FencedError(std::string_view backend, std::string_view operation) {
+  return absl::AbortedError(absl::StrCat(
+      std::string(backend), ": ", std::string(operation),
+      " refused: the token no longer owns the claim (it was taken over after its lease ended, "
+      "released, completed, or the record expired)"));
+}
+
+}  // namespace internal
 
 std::vector<absl::StatusOr<ClaimResult>> DedupStore::ClaimBatch(
     std::span<const ClaimRequest> requests) {

@@ -1,4 +1,5 @@
-// DedupStore: the contract every idem backend honours (DESIGN.md §2–§4).
+// DedupStore: the contract every idem backend honours (docs/design.md: "Records and states",
+// "Outcomes", "Invariants").
 //
 // A store keeps, per (scope, message id), a dedup record that moves
 //   absent -> IN_PROGRESS(token, lease_until, attempts) -> COMPLETED(result?, fingerprint?,
@@ -7,14 +8,28 @@
 //
 // Outcomes that a consumer expects in normal operation (duplicate, in progress, stale, conflict,
 // dead-lettered) are values in the results below. A non-OK absl::Status always means the store
-// could not do what was asked and changed nothing that the caller can observe:
-//   InvalidArgument    bad scope, id, key or request (never retried)
-//   Unavailable        the store is down or busy; retry the call with backoff
-//   DeadlineExceeded   the call timed out; the write may or may not have been applied
+// could not do what was asked and changed nothing that the caller can observe (except where a
+// code says the call may have been applied):
+//   InvalidArgument    bad scope, id, key, token, lease or request (never retried)
+//   Unavailable        the store is down, busy or locked; retry the call with backoff. For a
+//                      remote store whose connection broke mid-call, the call may have been
+//                      applied (retry: the claim and the owner checks make that safe)
+//   DeadlineExceeded   the call timed out (Redis I/O timeout, PostgreSQL statement_timeout); the
+//                      write may or may not have been applied
 //   Aborted            the token no longer owns the claim (lease lost); retry from the claim
-//   ResourceExhausted  a capacity bound was reached (in-memory store)
-//   FailedPrecondition schema or configuration mismatch
-//   DataLoss           the store's data is corrupt
+//   ResourceExhausted  a capacity bound was reached: the in-memory store's capacity, a full
+//                      disk or out of memory (SQLite, PostgreSQL), Redis at maxmemory (OOM)
+//   FailedPrecondition schema or configuration mismatch (a newer schema, a read-only database,
+//                      a key of another type, a missing Redis db); in SQLite transactional mode
+//                      also a handler's write refused at COMMIT (a deferred constraint), in
+//                      PostgreSQL a missing table or a read-only server
+//   DataLoss           the store's data is corrupt or not idem's
+//   Unauthenticated    the server refused or requires authentication (Redis NOAUTH, WRONGPASS)
+//   PermissionDenied   the credentials or the file lack a permission (Redis NOPERM; SQLite PERM,
+//                      AUTH; PostgreSQL authentication or privilege errors)
+//   Cancelled          the call was interrupted (SQLite INTERRUPT, e.g. sqlite3_interrupt)
+//   Internal           a reply or state the store cannot explain (an unexpected server reply,
+//                      an unknown SQLite or PostgreSQL error); report it
 //   Unimplemented      the operation or backend is not built
 // The operator calls (List, ResetAttempts) also return NotFound when the id has no record.
 //
@@ -212,7 +227,10 @@ class DedupStore {
 
   // Deletes COMPLETED records past their retention and abandoned claims past their lease and
   // retention, at most `limit` of them (0: no limit). Returns how many were deleted.
-  [[nodiscard]] virtual absl::StatusOr<int64_t> PurgeExpired(int64_t limit = 0) = 0;
+  // InvalidArgument for a negative limit (ValidatePurgeLimit). (No default argument: a default on
+  // a virtual function is bound by the caller's static type, so an override could never change
+  // it.)
+  [[nodiscard]] virtual absl::StatusOr<int64_t> PurgeExpired(int64_t limit) = 0;
 
   // The highest version applied for (scope, key), or nullopt if none was.
   [[nodiscard]] virtual absl::StatusOr<std::optional<uint64_t>> AppliedVersion(
@@ -258,7 +276,10 @@ class DedupStore {
 
 // Returns OK if 0 < lease <= 2^40 ms (about 34 years); InvalidArgument otherwise.
 [[nodiscard]] absl::Status ValidateLease(std::chrono::milliseconds lease);
-// Validates a claim request against DESIGN.md §2 (scope, id, lease, version key).
+// Returns OK if limit >= 0 (0: no limit); InvalidArgument otherwise.
+[[nodiscard]] absl::Status ValidatePurgeLimit(int64_t limit);
+// Validates a claim request: scope (ValidateScope), id and version key (ValidateId), lease
+// (ValidateLease).
 [[nodiscard]] absl::Status ValidateClaimRequest(const ClaimRequest& request,
                                                 std::size_t max_id_bytes = kDefaultMaxIdBytes);
 // Validates a complete request (scope, id, version key).

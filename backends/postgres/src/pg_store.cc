@@ -30,6 +30,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "idem/postgres_store.h"
+#include "internal/owner.h"
 #include "internal/store_counters.h"
 #include "internal/strings.h"
 #include "internal/token.h"
@@ -469,7 +470,10 @@ class PostgresStore final : public DedupStore {
   }
 
   absl::Status Release(std::string_view scope, std::string_view id, uint64_t token) override {
-    if (absl::Status s = ValidateOwnerArgs(scope, id, token); !s.ok()) return s;
+    if (absl::Status s = internal::ValidateOwnerArgs(scope, id, token, options_.max_id_bytes);
+        !s.ok()) {
+      return s;
+    }
     Params p;
     p.Text(scope).Bytea(id).Int8(TokenToSql(token)).Int8(Retention());
     const Call call{&st_->release, &p};
@@ -484,7 +488,10 @@ class PostgresStore final : public DedupStore {
 
   absl::StatusOr<int64_t> Extend(std::string_view scope, std::string_view id, uint64_t token,
                                  std::chrono::milliseconds lease) override {
-    if (absl::Status s = ValidateOwnerArgs(scope, id, token); !s.ok()) return s;
+    if (absl::Status s = internal::ValidateOwnerArgs(scope, id, token, options_.max_id_bytes);
+        !s.ok()) {
+      return s;
+    }
     if (absl::Status s = ValidateLease(lease); !s.ok()) return s;
     Params p;
     p.Text(scope).Bytea(id).Int8(TokenToSql(token)).Int8(lease.count()).Int8(Retention());
@@ -500,6 +507,7 @@ class PostgresStore final : public DedupStore {
   }
 
   absl::StatusOr<int64_t> PurgeExpired(int64_t limit) override {
+    if (absl::Status s = ValidatePurgeLimit(limit); !s.ok()) return s;
     Params p;
     if (limit > 0) {
       p.Int8(limit);
@@ -610,7 +618,10 @@ class PostgresStore final : public DedupStore {
 
   absl::Status ResetAttempts(std::string_view scope, std::string_view id,
                              uint64_t token) override {
-    if (absl::Status s = ValidateOwnerArgs(scope, id, token); !s.ok()) return s;
+    if (absl::Status s = internal::ValidateOwnerArgs(scope, id, token, options_.max_id_bytes);
+        !s.ok()) {
+      return s;
+    }
     absl::StatusOr<internal::pg::AdminStatements> st = AdminStatementsOf();
     if (!st.ok()) return st.status();
     Params reset;
@@ -640,19 +651,9 @@ class PostgresStore final : public DedupStore {
     return internal::pg::MakeAdminStatements(*tables);
   }
 
-  [[nodiscard]] absl::Status ValidateOwnerArgs(std::string_view scope, std::string_view id,
-                                               uint64_t token) {
-    if (absl::Status s = ValidateScope(scope); !s.ok()) return s;
-    if (absl::Status s = ValidateId(id, options_.max_id_bytes); !s.ok()) return s;
-    if (token == 0) return absl::InvalidArgumentError("token 0 is never issued by a claim");
-    return absl::OkStatus();
-  }
-
   [[nodiscard]] absl::Status Fenced(std::string_view operation) {
     internal::StoreCounters::Add(counters_.fenced);
-    return absl::AbortedError(
-        absl::StrCat("postgres: ", internal::ToAbsl(operation),
-                     " refused: the token no longer owns the claim (lease lost)"));
+    return internal::FencedError("postgres", operation);
   }
 
   // Runs `calls` as one pipeline on a pooled connection and hands the results to `decode`, which

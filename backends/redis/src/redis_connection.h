@@ -30,7 +30,8 @@ struct ReplyDeleter {
 using ContextPtr = std::unique_ptr<redisContext, ContextDeleter>;
 using ReplyPtr = std::unique_ptr<redisReply, ReplyDeleter>;
 
-// The mapping of hiredis failures, in one place (DESIGN.md §3, STYLE.md "Errors").
+// The mapping of hiredis failures to the status codes of the DedupStore contract (include/idem/
+// store.h), in one place.
 //
 // A context error (`redisContext::err`, with the errno saved right after the failing call):
 //   REDIS_ERR_IO + EAGAIN/EWOULDBLOCK/ETIMEDOUT/EINPROGRESS  DeadlineExceeded (hiredis 0.14

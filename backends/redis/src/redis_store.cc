@@ -21,6 +21,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "internal/owner.h"
 #include "internal/status_macros.h"
 #include "internal/store_counters.h"
 #include "internal/strings.h"
@@ -57,7 +58,7 @@ using internal::redis::VersionKey;
 // durations stay exact in Lua's doubles.
 constexpr int64_t kMaxMillis = int64_t{1} << 40;
 
-enum ScriptId { kClaim = 0, kComplete, kRelease, kExtend, kScriptCount };
+enum ScriptId { kClaim = 0, kComplete, kRelease, kExtend, kInspect, kScriptCount };
 
 struct ScriptInfo {
   std::string_view name;
@@ -68,6 +69,7 @@ constexpr std::array<ScriptInfo, kScriptCount> kScripts = {{
     {"complete", internal::redis::kCompleteScript},
     {"release", internal::redis::kReleaseScript},
     {"extend", internal::redis::kExtendScript},
+    {"inspect", internal::redis::kInspectScript},
 }};
 
 // Commands to pipeline, packed in one buffer: a batch costs a few allocations, not a few per
@@ -485,10 +487,7 @@ absl::StatusOr<ReplyPtr> RedisStore::RunCommand(std::span<const std::string_view
 
 absl::Status RedisStore::Fenced(std::string_view operation) {
   internal::StoreCounters::Add(counters_.fenced);
-  return absl::AbortedError(
-      Cat("redis ", operation,
-          ": the token no longer owns the claim (taken over after its lease, released, completed, "
-          "or expired)"));
+  return internal::FencedError("redis", operation);
 }
 
 // A claim is one round trip: TIME, then per message either
@@ -541,8 +540,8 @@ std::vector<absl::StatusOr<ClaimResult>> RedisStore::ClaimBatch(
   const bool plain_claims = plain_claims_.load(std::memory_order_relaxed);
   for (size_t i = 0; i < requests.size(); ++i) {
     const ClaimRequest& request = requests[i];
+    // ValidateClaimRequest bounds the lease (ValidateLease) below 2^40 ms, as the scripts need.
     absl::Status status = ValidateClaimRequest(request, options_.max_id_bytes);
-    if (status.ok()) status = CheckMillis(request.lease, "lease", false);
     absl::StatusOr<uint64_t> token = status.ok() ? NextToken() : status;
     if (!token.ok()) {
       out[i] = token.status();
@@ -692,11 +691,8 @@ std::vector<absl::StatusOr<CompleteStatus>> RedisStore::CompleteBatch(
   std::vector<absl::Status> refusals;
   for (size_t i = 0; i < requests.size(); ++i) {
     const CompleteRequest& request = requests[i];
+    // ValidateCompleteRequest refuses token 0 and bounds the retention below 2^40 ms.
     absl::Status status = ValidateCompleteRequest(request, options_.max_id_bytes);
-    if (status.ok() && request.token == 0) {
-      status = absl::InvalidArgumentError("complete: token 0 is never a claim's token");
-    }
-    if (status.ok()) status = CheckMillis(request.retention, "retention", true);
     if (!status.ok()) {
       refused[i] = true;
       refusals.push_back(std::move(status));
@@ -764,9 +760,7 @@ absl::Status RedisStore::ParseOwnerReply(const Replies& replies, std::string_vie
 }
 
 absl::Status RedisStore::Release(std::string_view scope, std::string_view id, uint64_t token) {
-  IDEM_RETURN_IF_ERROR(ValidateScope(scope));
-  IDEM_RETURN_IF_ERROR(ValidateId(id, options_.max_id_bytes));
-  if (token == 0) return absl::InvalidArgumentError("release: token 0 is never a claim's token");
+  IDEM_RETURN_IF_ERROR(internal::ValidateOwnerArgs(scope, id, token, options_.max_id_bytes));
   Commands calls("release", 1);
   calls.BeginScript(kRelease, 1);
   AppendRecordKey(calls.buffer(), options_.key_prefix, scope, id);
@@ -779,10 +773,8 @@ absl::Status RedisStore::Release(std::string_view scope, std::string_view id, ui
 
 absl::StatusOr<int64_t> RedisStore::Extend(std::string_view scope, std::string_view id,
                                            uint64_t token, std::chrono::milliseconds lease) {
-  IDEM_RETURN_IF_ERROR(ValidateScope(scope));
-  IDEM_RETURN_IF_ERROR(ValidateId(id, options_.max_id_bytes));
-  if (token == 0) return absl::InvalidArgumentError("extend: token 0 is never a claim's token");
-  IDEM_RETURN_IF_ERROR(CheckMillis(lease, "lease", false));
+  IDEM_RETURN_IF_ERROR(internal::ValidateOwnerArgs(scope, id, token, options_.max_id_bytes));
+  IDEM_RETURN_IF_ERROR(ValidateLease(lease));
   Commands calls("extend", 1);
   calls.BeginScript(kExtend, 1);
   AppendRecordKey(calls.buffer(), options_.key_prefix, scope, id);
@@ -797,8 +789,9 @@ absl::StatusOr<int64_t> RedisStore::Extend(std::string_view scope, std::string_v
 }
 
 absl::StatusOr<int64_t> RedisStore::PurgeExpired(int64_t limit) {
-  if (limit < 0) return absl::InvalidArgumentError("purge: limit must be >= 0");
-  // Every record carries a TTL (PEXPIRE), so the server deletes expired ones itself.
+  IDEM_RETURN_IF_ERROR(ValidatePurgeLimit(limit));
+  // Every record is written with a TTL (SET … PX; Extend moves it with PEXPIRE), so the server
+  // deletes expired ones itself.
   return 0;
 }
 
@@ -823,34 +816,21 @@ absl::StatusOr<std::optional<RecordInfo>> RedisStore::Inspect(std::string_view s
                                                               std::string_view id) {
   IDEM_RETURN_IF_ERROR(ValidateScope(scope));
   IDEM_RETURN_IF_ERROR(ValidateId(id, options_.max_id_bytes));
-  const std::string key = RecordKey(options_.key_prefix, scope, id);
-  // The record, its TTL and the clock they are read against, in one MULTI: one consistent view.
-  const std::string_view multi[] = {"MULTI"};
-  const std::string_view get[] = {"GET", key};
-  const std::string_view pttl[] = {"PTTL", key};
-  const std::string_view time[] = {"TIME"};
-  const std::string_view exec[] = {"EXEC"};
+  // The record, its TTL and the clock they are read against, in one read-only script: one
+  // consistent view, which Redis also serves above maxmemory (MULTI would be refused there).
+  Commands calls("inspect", 1);
+  calls.BeginScript(kInspect, 1);
+  AppendRecordKey(calls.buffer(), options_.key_prefix, scope, id);
+  calls.EndArg();
+  const Replies replies = Run(calls, /*read_time=*/false);
   const std::string what = What("inspect");
-  IDEM_ASSIGN_OR_RETURN(Pool::Handle connection, pool_.Acquire());
-  for (std::span<const std::string_view> command :
-       {std::span<const std::string_view>(multi), std::span<const std::string_view>(get),
-        std::span<const std::string_view>(pttl), std::span<const std::string_view>(time),
-        std::span<const std::string_view>(exec)}) {
-    IDEM_RETURN_IF_ERROR(connection->Append(command, "inspect"));
-  }
-  ReplyPtr reply;
-  for (int i = 0; i < 5; ++i) {  // +OK, QUEUED x3, then EXEC's array
-    IDEM_ASSIGN_OR_RETURN(reply, connection->GetReply("inspect"));
-    if (reply->type == REDIS_REPLY_ERROR) {
-      connection->MarkBroken();  // the replies still to come would be misread
-      return ErrorReplyStatus(ReplyString(reply.get()), what);
-    }
-  }
+  const redisReply* reply = replies.replies.front().get();
+  if (reply == nullptr) return replies.failure;
+  if (reply->type == REDIS_REPLY_ERROR) return ErrorReplyStatus(ReplyString(reply), what);
   if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 3) return UnexpectedReply(what);
   const redisReply* value = reply->element[0];
   const redisReply* ttl = reply->element[1];
   const redisReply* now = reply->element[2];
-  if (value->type == REDIS_REPLY_ERROR) return ErrorReplyStatus(ReplyString(value), what);
   if (value->type == REDIS_REPLY_NIL) return std::optional<RecordInfo>();
   int64_t seconds = 0;
   int64_t micros = 0;
