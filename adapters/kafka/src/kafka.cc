@@ -106,11 +106,17 @@ class KafkaConsumer::Impl {
   static void Rebalance(rd_kafka_t* rk, rd_kafka_resp_err_t err,
                         rd_kafka_topic_partition_list_t* parts, void* opaque) {
     auto* self = static_cast<Impl*>(opaque);
+    // A revoked partition's held messages are dropped: their offsets were never stored, so its
+    // next owner (maybe this consumer again) fetches them from the committed offset.
     for (int i = 0; i < parts->cnt; ++i) {
       self->paused.erase({parts->elems[i].topic, parts->elems[i].partition});
     }
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
       (void)rd_kafka_assign(rk, parts);
+      // librdkafka keeps a partition's pause flag across a rebalance: a partition this consumer
+      // paused (to hold a message) and gets back would never be fetched again. Nothing is held
+      // for it any more (above), so it starts unpaused.
+      (void)rd_kafka_resume_partitions(rk, parts);
     } else {
       (void)rd_kafka_assign(rk, nullptr);
     }
