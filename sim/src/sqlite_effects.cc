@@ -26,7 +26,7 @@ absl::Status Exec(sqlite3* db, const char* sql) {
 // The backend's own names (SqliteSynchronousName), so the effects connection is opened exactly as
 // the store's.
 std::string SynchronousPragma(SqliteSynchronous s) {
-  return absl::StrCat("PRAGMA synchronous=", SqliteSynchronousName(s));
+  return "PRAGMA synchronous=" + std::string(SqliteSynchronousName(s));
 }
 
 }  // namespace
