@@ -7,7 +7,7 @@ Benchmark's items_per_second (messages per second of wall time, summed over thre
 "pair" (raw and idem alternating in one benchmark): the counters raw_msgs_per_s and
 idem_msgs_per_s. The median over repetitions when there are several.
 
-  report.py OUT_DIR [--mode quick|full] [--redis-version TEXT]
+  report.py OUT_DIR [--mode quick|full] [--redis-version TEXT] [--postgres-version TEXT]
 
 Reads OUT_DIR/{memory,sqlite,redis,postgres,adapters}.json, and OUT_DIR/peer-N.jsonl with OUT_DIR/peer-idem-N.json
 (the peer's rounds and idem's redis lease / batch 100 measured between them), when present; writes
@@ -161,6 +161,7 @@ def main():
     parser.add_argument("--mode", default="quick")
     parser.add_argument("--redis-version", default="")
     parser.add_argument("--command", default="", help="the run.sh command line, for the context")
+    parser.add_argument("--postgres-version", default="")
     args = parser.parse_args()
 
     rates, errors = load_benchmarks(args.out_dir)
@@ -230,6 +231,9 @@ def main():
                f"{args.redis_version.split(' sha=')[0]} on loopback, appendonly yes, "
                f"appendfsync everysec; SQLite {sqlite_version()} WAL, checkpoints untimed "
                f"between paired units")
+    if any(b == "postgres" for (b, _, _) in rates):
+        context += (f"; PostgreSQL {args.postgres_version or '?'} private cluster on loopback, "
+                    f"fsync and synchronous_commit on, raw and idem paired unit by unit")
     print()
     print("\n".join(lines))
     print()
@@ -269,9 +273,9 @@ def draw_chart(out_dir, dat, peer):
     titles = {"memory": "memory (in process)", "sqlite-normal": "SQLite WAL, synchronous=NORMAL",
               "sqlite-full": "SQLite WAL, synchronous=FULL",
               "redis": "Redis (loopback, AOF everysec)",
-              "postgres": "PostgreSQL (loopback)"}
+              "postgres": "PostgreSQL 15 (loopback, fsync on, batches pipelined)"}
     script = [
-        "set terminal pngcairo size 1200,900 font ',10'" ,
+        "set terminal pngcairo size 1200,1300 font ',10'" ,
         f"set output '{png}'",
         "set multiplot layout 3,2 title 'idem vs raw backend: throughput against batch size'",
         "set logscale xy", "set xrange [0.7:1500]", "set xtics (1, 10, 100, 1000)",

@@ -3,7 +3,7 @@
 # raw and idem side by side for every backend, runs the Powertools peer where Node.js is present,
 # prints the table (with RATIO / PEER / TARGET lines) and draws the throughput chart.
 #
-#   bench/run.sh [--quick] [--publish] [--no-peer] [--adapters]
+#   bench/run.sh [--quick] [--publish] [--no-peer] [--adapters] [--only=BACKEND,...]
 #
 #   --quick     short runs, 1M-row pre-fill only (under two minutes once built)
 #               (a full run also pre-fills 10M rows, about 100 s the first time; the files are
@@ -13,6 +13,8 @@
 #   --adapters  only the broker adapters: Redis Streams and Kafka (librdkafka's mock cluster),
 #               each against the same consumer loop without idem, idem on SQLite and on Redis
 #               (idem_bench_adapters); and RabbitMQ (idem_bench_rabbitmq)
+#   --only=memory,sqlite,redis,postgres
+#               run only these backends (the peer runs only with redis; no adapters)
 #
 # Environment: BUILD_DIR (default build-bench), JOBS (default 2), IDEM_BENCH_REDIS_PORT
 # (default 26479), IDEM_BENCH_PG_PORT (default 26432), IDEM_BENCH_RABBITMQ_PORT (default 26672; the
@@ -37,15 +39,22 @@ quick=0
 adapters_only=0
 publish=0
 peer=1
+only=""
 for arg in "$@"; do
   case "$arg" in
     --quick) quick=1 ;;
     --publish) publish=1 ;;
     --no-peer) peer=0 ;;
     --adapters) adapters_only=1 ;;
-    *) sed -n '2,26p' "$0"; exit 2 ;;
+    --only=*) only=${arg#--only=}; only=${only//,/ } ;;
+    *) sed -n '2,30p' "$0"; exit 2 ;;
   esac
 done
+
+if ((publish)) && [ -n "$only" ]; then
+  echo "run.sh: --publish needs every backend (bench/results/ holds the whole table)" >&2
+  exit 2
+fi
 
 build=${BUILD_DIR:-$repo/build-bench}
 jobs=${JOBS:-2}
@@ -83,6 +92,9 @@ cmake -S "$repo" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DIDEM_BUILD_BE
 if ((adapters_only)); then
   backends=(adapters)
   targets=(idem_bench_adapters idem_bench_rabbitmq)
+elif [ -n "$only" ]; then
+  read -r -a backends <<<"$only"
+  targets=("${backends[@]/#/idem_bench_}")
 else
   backends=(memory sqlite redis postgres adapters)
   targets=("${backends[@]/#/idem_bench_}" idem_bench_rabbitmq)
@@ -147,16 +159,28 @@ else
   prefill=1000000,10000000
   peer_seconds=3
 fi
+# PostgreSQL commits wait for a WAL flush (a few ms, drifting several-fold on a shared disk), so a
+# one-second unit holds only a few hundred messages per side: longer units and more repetitions
+# keep its medians from following single flush stalls.
+if ((quick)); then
+  pg_gbench=("${gbench[@]}")
+else
+  pg_gbench=(--benchmark_min_time=3 --benchmark_repetitions=5
+             --benchmark_enable_random_interleaving=true --benchmark_report_aggregates_only=true)
+fi
 export IDEM_BENCH_DIR=$data IDEM_BENCH_PREFILL=$prefill IDEM_BENCH_REDIS_PORT=$port
 for backend in "${backends[@]}"; do
   echo "run.sh: idem_bench_$backend"
-  "$build/bench/idem_bench_$backend" "${gbench[@]}" \
+  flags=("${gbench[@]}")
+  [ "$backend" = postgres ] && flags=("${pg_gbench[@]}")
+  "$build/bench/idem_bench_$backend" "${flags[@]}" \
     --benchmark_out="$out/$backend.json" --benchmark_out_format=json
 done
 
 # ---- the peer: Powertools for AWS Lambda (TypeScript) idempotency on the same Redis ----------
 # Round-trip latency on an idle VM drifts (vCPU wake-ups), so the peer and idem's comparable
 # benchmarks (redis lease and batch 100) run in alternating rounds; the report takes medians.
+case " ${backends[*]} " in *" redis "*) ;; *) peer=0 ;; esac
 if ((adapters_only)); then
   :  # the peer is measured beside idem's Redis benchmarks, which an adapters-only run skips
 elif ((peer)) && command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
@@ -174,22 +198,25 @@ elif ((peer)); then
 fi
 
 # ---- RabbitMQ: messages/s through the adapter, without and with idem, on a private broker ---
-rm -rf "$rabbit_dir" && mkdir -p "$rabbit_dir"
-# The fixture's readiness probe is the benchmark binary itself (an AMQP login).
-printf '#!/bin/sh\nexec "%s" --probe "$1"\n' "$build/bench/idem_bench_rabbitmq" >"$rabbit_dir/probe"
-chmod +x "$rabbit_dir/probe"
-echo "run.sh: idem_bench_rabbitmq (rabbitmq-server on 127.0.0.1:$rabbit_port)"
-sh "$rabbit_script" start "$rabbit_port" "$rabbit_dir/server" "$rabbit_dir/probe"
-rabbit_messages=$( ((quick)) && echo 5000 || echo 20000)
-"$build/bench/idem_bench_rabbitmq" "$rabbit_port" "$rabbit_messages" 3 "$data" >"$out/rabbitmq.txt"
-sh "$rabbit_script" stop "$rabbit_dir/server" >/dev/null
+if [ -z "$only" ]; then
+  rm -rf "$rabbit_dir" && mkdir -p "$rabbit_dir"
+  # The fixture's readiness probe is the benchmark binary itself (an AMQP login).
+  printf '#!/bin/sh\nexec "%s" --probe "$1"\n' "$build/bench/idem_bench_rabbitmq" >"$rabbit_dir/probe"
+  chmod +x "$rabbit_dir/probe"
+  echo "run.sh: idem_bench_rabbitmq (rabbitmq-server on 127.0.0.1:$rabbit_port)"
+  sh "$rabbit_script" start "$rabbit_port" "$rabbit_dir/server" "$rabbit_dir/probe"
+  rabbit_messages=$( ((quick)) && echo 5000 || echo 20000)
+  "$build/bench/idem_bench_rabbitmq" "$rabbit_port" "$rabbit_messages" 3 "$data" >"$out/rabbitmq.txt"
+  sh "$rabbit_script" stop "$rabbit_dir/server" >/dev/null
+fi
 
 # ---- the table, the chart --------------------------------------------------------------------
 mode=$( ((quick)) && echo quick || echo full)
+pg_version=$("$(cat "$pg_state/bindir")/postgres" --version 2>/dev/null | awk '{print $3}' || true)
 python3 bench/report.py "$out" --mode "$mode" --redis-version "$(redis-server --version)" \
-  --command "bench/run.sh${*:+ $*}"
+  --postgres-version "$pg_version" --command "bench/run.sh${*:+ $*}"
 # report.py reads the Google Benchmark JSON; the RabbitMQ program prints its RATIO lines itself.
-cat "$out/rabbitmq.txt"
+[ -z "$only" ] && cat "$out/rabbitmq.txt"
 if ((publish)); then
   mkdir -p bench/results
   cp "$out/results.md" "$out/throughput.png" bench/results/

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <cstdlib>
 #include <memory>
 #include <optional>
@@ -24,6 +25,9 @@
 #include "idem/processor.h"
 #include "idem/sim/prng.h"
 #include "idem/sqlite_store.h"
+#ifdef IDEM_SIM_WITH_POSTGRES
+#include "idem/postgres_store.h"
+#endif
 #include "in_process.h"
 #include "oracle.h"
 #include "scheduler.h"
@@ -141,6 +145,13 @@ class InProcessRun {
   std::vector<SqliteDb> connections_;
   std::vector<std::unique_ptr<SqliteTransactional>> transactional_;
   std::vector<std::unique_ptr<EffectWriter>> writers_;
+#ifdef IDEM_SIM_WITH_POSTGRES
+  // Transactional mode over PostgreSQL: each consumer's connection and its transactional object
+  // (used instead of the SQLite ones above); the effect table is in the store's schema.
+  std::string pg_schema_;
+  std::vector<PgConn> pg_connections_;
+  std::vector<std::unique_ptr<PostgresTransactional>> pg_transactional_;
+#endif
 
   std::unique_ptr<Oracle> oracle_;
   std::unique_ptr<Broker> broker_;
@@ -193,9 +204,15 @@ absl::Status InProcessRun::Open() {
     sqlite_path_ = sqlite->path;
     synchronous_ = sqlite->synchronous;
   }
-  if (config_.mode == Mode::kTransactional && backend != "sqlite") {
+#ifdef IDEM_SIM_WITH_POSTGRES
+  const bool transactional_backend = backend == "sqlite" || backend == "postgres";
+#else
+  const bool transactional_backend = backend == "sqlite";
+#endif
+  if (config_.mode == Mode::kTransactional && !transactional_backend) {
     return absl::InvalidArgumentError(
-        absl::StrCat("transactional mode needs a SQLite store (--store=sqlite:///path/to.db), got ",
+        absl::StrCat("transactional mode needs a SQLite or PostgreSQL store "
+                     "(--store=sqlite:///path/to.db or postgresql://...), got ",
                      store_description_));
   }
   DedupStore* below = base_store_.get();
@@ -225,7 +242,29 @@ absl::Status InProcessRun::Open() {
   if (!processor.ok()) return processor.status();
   processor_.emplace(std::move(*processor));
 
-  if (config_.mode == Mode::kTransactional) {
+#ifdef IDEM_SIM_WITH_POSTGRES
+  if (config_.mode == Mode::kTransactional && backend == "postgres") {
+    absl::StatusOr<PostgresStoreOptions> pg = ParsePostgresUri(uri);
+    if (!pg.ok()) return pg.status();
+    pg_schema_ = pg->schema;
+    for (int i = 0; i < config_.consumers; ++i) {
+      absl::StatusOr<PgConn> conn = OpenPgConnection(pg->conninfo);
+      if (!conn.ok()) return conn.status();
+      if (i == 0) {
+        if (absl::Status s = CreatePgEffectTable(conn->get(), pg_schema_); !s.ok()) return s;
+      }
+      absl::StatusOr<std::unique_ptr<PostgresTransactional>> tx = PostgresTransactional::Create(
+          conn->get(), scope_,
+          PostgresTransactionalOptions{.schema = pg->schema,
+                                       .table_prefix = pg->table_prefix,
+                                       .token_source = open_options.token_source});
+      if (!tx.ok()) return tx.status();
+      pg_transactional_.push_back(std::move(*tx));
+      pg_connections_.push_back(std::move(*conn));
+    }
+  }
+#endif
+  if (config_.mode == Mode::kTransactional && backend == "sqlite") {
     for (int i = 0; i < config_.consumers; ++i) {
       absl::StatusOr<SqliteDb> db = OpenConnection(sqlite_path_, synchronous_);
       if (!db.ok()) return db.status();
@@ -411,7 +450,8 @@ void InProcessRun::HandleTransactional(int self, CallContext& ctx, const Hand& h
   try {
     // No scheduling point inside: the transaction holds SQLite's write lock, and another
     // consumer's connection would only wait for it.
-    result = transactional_[self]->Process(message, [&](sqlite3*, HandlerContext& hc) {
+    // The handler, on either backend: `write` writes the effect row in the library's transaction.
+    auto handler = [&](HandlerContext& hc, const std::function<absl::Status()>& write) {
       if (fault == Fault::kCrashAfterClaim) {
         oracle_->FaultInjected(hand.message, hc.token(), fault);
         ctx.crashed = true;
@@ -419,16 +459,29 @@ void InProcessRun::HandleTransactional(int self, CallContext& ctx, const Hand& h
       }
       oracle_->HandlerRan(hand.message, hc.token(), time_->Now());
       Trace(self, absl::StrFormat("m%d effect row (token=%d)", hand.message, hc.token()));
-      if (absl::Status s = writers_[self]->Write(scope_, hand.message, m.id, m.version, hc.token());
-          !s.ok()) {
-        throw EffectWriteFailed{s};
-      }
+      if (absl::Status s = write(); !s.ok()) throw EffectWriteFailed{s};
       if (fault == Fault::kCrashAfterEffect) {
         oracle_->FaultInjected(hand.message, hc.token(), fault);
         ctx.crashed = true;
         throw SimulatedCrash{};
       }
-    });
+    };
+#ifdef IDEM_SIM_WITH_POSTGRES
+    if (!pg_transactional_.empty()) {
+      result = pg_transactional_[self]->Process(message, [&](PGconn* conn, HandlerContext& hc) {
+        handler(hc, [&] {
+          return WritePgEffect(conn, pg_schema_, scope_, hand.message, m.id, m.version, hc.token());
+        });
+      });
+    } else
+#endif
+    {
+      result = transactional_[self]->Process(message, [&](sqlite3*, HandlerContext& hc) {
+        handler(hc, [&] {
+          return writers_[self]->Write(scope_, hand.message, m.id, m.version, hc.token());
+        });
+      });
+    }
   } catch (const SimulatedCrash&) {
     Crash(self, ctx, {hand});
     return;
@@ -508,7 +561,13 @@ absl::StatusOr<RunResult> InProcessRun::Run() {
 
   absl::Status effects_status;
   if (config_.mode == Mode::kTransactional) {
+#ifdef IDEM_SIM_WITH_POSTGRES
+    absl::StatusOr<std::vector<EffectRow>> rows =
+        pg_connections_.empty() ? ReadEffects(connections_[0].get(), scope_)
+                                : ReadPgEffects(pg_connections_[0].get(), pg_schema_, scope_);
+#else
     absl::StatusOr<std::vector<EffectRow>> rows = ReadEffects(connections_[0].get(), scope_);
+#endif
     if (rows.ok()) {
       for (const EffectRow& row : *rows) oracle_->EffectCommitted(row.message, row.version);
     } else {
@@ -541,6 +600,10 @@ absl::StatusOr<RunResult> InProcessRun::Run() {
   transactional_.clear();
   writers_.clear();
   connections_.clear();
+#ifdef IDEM_SIM_WITH_POSTGRES
+  pg_transactional_.clear();  // before the connections they run on
+  pg_connections_.clear();
+#endif
   processor_.reset();
   faulty_.reset();
   sabotaged_.reset();

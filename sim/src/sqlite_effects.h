@@ -1,6 +1,8 @@
 // SQLite helpers of the simulator: the connections it opens itself (transactional mode runs on a
 // caller's connection) and the effect table of transactional mode, where each handler run writes
 // one row inside the library's transaction. Counting those rows is how the oracle sees I2.
+// With the PostgreSQL backend built, the same table in PostgreSQL, for transactional mode over
+// PostgresTransactional.
 //
 // Thread-safety: a connection and its EffectWriter belong to one thread at a time.
 #ifndef IDEM_SIM_SRC_SQLITE_EFFECTS_H_
@@ -16,6 +18,9 @@
 
 #include "absl/status/statusor.h"
 #include "idem/sqlite_store.h"
+#ifdef IDEM_SIM_WITH_POSTGRES
+#include <libpq-fe.h>
+#endif
 
 namespace idem::sim::internal {
 
@@ -55,6 +60,33 @@ struct EffectRow {
 // The effect rows of `scope`, in commit order.
 [[nodiscard]] absl::StatusOr<std::vector<EffectRow>> ReadEffects(sqlite3* db,
                                                                  std::string_view scope);
+
+#ifdef IDEM_SIM_WITH_POSTGRES
+struct PgCloser {
+  void operator()(PGconn* conn) const { PQfinish(conn); }
+};
+using PgConn = std::unique_ptr<PGconn, PgCloser>;
+
+// Connects with a libpq connection string (PostgresStoreOptions::conninfo).
+[[nodiscard]] absl::StatusOr<PgConn> OpenPgConnection(const std::string& conninfo);
+
+// Creates the effect table in `schema` if absent. Several runs may share a schema (the ctest
+// profiles do): creation is serialised by an advisory lock, since concurrent CREATE TABLE IF NOT
+// EXISTS can fail in PostgreSQL.
+[[nodiscard]] absl::Status CreatePgEffectTable(PGconn* conn, std::string_view schema);
+
+// Writes one effect row in the connection's current transaction (the library's).
+[[nodiscard]] absl::Status WritePgEffect(PGconn* conn, std::string_view schema,
+                                         std::string_view scope, int64_t message,
+                                         std::string_view id, uint64_t version, uint64_t token);
+
+// The effect rows of `scope`, in the order their rows were inserted. Transactions that could
+// conflict (one id, or one version key) are serialised by row locks that PostgresTransactional
+// takes before the handler writes its row, so for them insertion order is commit order.
+[[nodiscard]] absl::StatusOr<std::vector<EffectRow>> ReadPgEffects(PGconn* conn,
+                                                                   std::string_view schema,
+                                                                   std::string_view scope);
+#endif  // IDEM_SIM_WITH_POSTGRES
 
 }  // namespace idem::sim::internal
 

@@ -38,8 +38,8 @@ ABSL_FLAG(std::string, store, "",
           "with its password redacted.");
 ABSL_FLAG(std::string, mode, "lease",
           "lease: claim -> handler -> complete (at-least-once, duplicates suppressed). "
-          "transactional: the handler's effect is a row written in the dedup row's SQLite "
-          "transaction (exactly-once effect); needs a SQLite store.");
+          "transactional: the handler's effect is a row written in the dedup row's "
+          "transaction (exactly-once effect); needs a SQLite or PostgreSQL store.");
 ABSL_FLAG(int64_t, messages, kDefaults.messages, "Distinct messages to generate.");
 ABSL_FLAG(int64_t, keys, kDefaults.keys,
           "Business keys; each message carries the next version of one.");

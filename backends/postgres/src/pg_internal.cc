@@ -173,6 +173,56 @@ Params& Params::Null(Oid type) {
   return *this;
 }
 
+ArrayBuilder& ArrayBuilder::Bytes(std::string_view value) {
+  char length[4];
+  PutBigEndian(length, static_cast<uint32_t>(value.size()), 4);
+  elements_.append(length, 4);
+  elements_.append(value.data(), value.size());
+  ++count_;
+  return *this;
+}
+
+ArrayBuilder& ArrayBuilder::OptionalBytes(const std::optional<std::string_view>& value) {
+  return value.has_value() ? Bytes(*value) : Null();
+}
+
+ArrayBuilder& ArrayBuilder::Int8(int64_t value) {
+  char bytes[8];
+  PutBigEndian(bytes, static_cast<uint64_t>(value), 8);
+  return Bytes(std::string_view(bytes, 8));
+}
+
+ArrayBuilder& ArrayBuilder::Int4(int32_t value) {
+  char bytes[4];
+  PutBigEndian(bytes, static_cast<uint32_t>(value), 4);
+  return Bytes(std::string_view(bytes, 4));
+}
+
+ArrayBuilder& ArrayBuilder::Null() {
+  char length[4];
+  PutBigEndian(length, static_cast<uint32_t>(-1), 4);  // a length of -1 is SQL NULL
+  elements_.append(length, 4);
+  has_null_ = true;
+  ++count_;
+  return *this;
+}
+
+std::string_view ArrayBuilder::Encoded() {
+  // Header: dimensions, has-nulls flag, element type; then per dimension its size and lower
+  // bound (1, SQL's convention). An empty array has no dimensions.
+  const int32_t dims = count_ > 0 ? 1 : 0;
+  encoded_.assign(12 + 8 * dims, '\0');
+  PutBigEndian(encoded_.data(), static_cast<uint32_t>(dims), 4);
+  PutBigEndian(encoded_.data() + 4, has_null_ ? 1 : 0, 4);
+  PutBigEndian(encoded_.data() + 8, element_type_, 4);
+  if (dims > 0) {
+    PutBigEndian(encoded_.data() + 12, static_cast<uint32_t>(count_), 4);
+    PutBigEndian(encoded_.data() + 16, 1, 4);
+  }
+  encoded_.append(elements_);
+  return encoded_;
+}
+
 absl::Status PrepareAll(PGconn* conn, std::span<const Statement* const> statements,
                         std::string_view secret) {
   if (PQenterPipelineMode(conn) != 1) return PgStatus(nullptr, conn, "prepare", secret);

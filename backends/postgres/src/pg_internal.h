@@ -38,6 +38,10 @@ inline constexpr Oid kInt4Oid = 23;
 inline constexpr Oid kInt8Oid = 20;
 inline constexpr Oid kTextOid = 25;
 inline constexpr Oid kByteaOid = 17;
+inline constexpr Oid kInt4ArrayOid = 1007;
+inline constexpr Oid kInt8ArrayOid = 1016;
+inline constexpr Oid kTextArrayOid = 1009;
+inline constexpr Oid kByteaArrayOid = 1001;
 
 // The one place where a server error becomes a status (see postgres_store.h for the table).
 // `result` may be null (then the connection's state decides: a broken connection is Unavailable).
@@ -68,6 +72,8 @@ class Params {
   Params& Int8(int64_t value);
   Params& Int4(int32_t value);
   Params& Null(Oid type);
+  // An array already in binary form (ArrayBuilder::Encoded); `array_type` is its array type OID.
+  Params& Array(std::string_view encoded, Oid array_type) { return Add(encoded, array_type); }
 
   int size() const { return n_; }
   const Oid* types() const { return types_.data(); }
@@ -83,6 +89,29 @@ class Params {
   std::array<int, kMax> lengths_{};
   std::array<int, kMax> formats_{};
   std::array<std::array<char, 8>, kMax> ints_{};
+};
+
+// A one-dimensional array in PostgreSQL's binary array format (what array_recv reads), built
+// element by element: a batch binds one array per column and runs one statement for all its
+// entries, instead of one statement per entry. NULL elements are allowed.
+class ArrayBuilder {
+ public:
+  // `element_type`: the element's type OID (the server checks it against the declared array).
+  explicit ArrayBuilder(Oid element_type) : element_type_(element_type) {}
+  ArrayBuilder& Bytes(std::string_view value);  // text (valid UTF-8) or bytea
+  ArrayBuilder& OptionalBytes(const std::optional<std::string_view>& value);
+  ArrayBuilder& Int8(int64_t value);
+  ArrayBuilder& Int4(int32_t value);
+  ArrayBuilder& Null();
+  // The encoded array: valid until the builder changes or goes away.
+  std::string_view Encoded();
+
+ private:
+  Oid element_type_;
+  int32_t count_ = 0;
+  bool has_null_ = false;
+  std::string elements_;
+  std::string encoded_;
 };
 
 // A statement of a store: its SQL, and its name when prepared on each connection.

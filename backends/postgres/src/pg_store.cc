@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "idem/postgres_store.h"
@@ -41,6 +42,7 @@
 namespace idem {
 namespace {
 
+using internal::pg::ArrayBuilder;
 using internal::pg::Call;
 using internal::pg::DedupRow;
 using internal::pg::GetBytea;
@@ -48,9 +50,12 @@ using internal::pg::GetInt2;
 using internal::pg::GetInt4;
 using internal::pg::GetInt8;
 using internal::pg::IsNull;
+using internal::pg::kByteaArrayOid;
 using internal::pg::kByteaOid;
 using internal::pg::kInt4Oid;
+using internal::pg::kInt8ArrayOid;
 using internal::pg::kInt8Oid;
+using internal::pg::kTextArrayOid;
 using internal::pg::kTextOid;
 using internal::pg::Params;
 using internal::pg::PgConnPtr;
@@ -121,6 +126,16 @@ v AS (
 SELECT (SELECT count(*) FROM c)::int8, (SELECT count(*) FROM v)::int8
 )sql";
 
+// A completion without a version key: the same fenced update without the version gate's CTE, the
+// cheaper statement for the common case (the server plans and runs one UPDATE). A row: completed.
+//   $1 scope  $2 id  $3 token  $4 retention ms  $5 result  $6 fingerprint
+constexpr char kCompleteUngatedSql[] = R"sql(
+UPDATE {dedup} SET status = 2, lease_until = 0, expires_at = {now} + $4,
+  result = coalesce($5, result), fingerprint = coalesce(fingerprint, $6)
+WHERE scope = $1 AND id = $2 AND status = 0 AND token = $3
+RETURNING 1
+)sql";
+
 //   $1 scope  $2 id  $3 token  $4 retention ms
 constexpr char kReleaseSql[] = R"sql(
 UPDATE {dedup} SET status = 1, lease_until = 0, expires_at = {now} + $4
@@ -173,11 +188,139 @@ LEFT JOIN {dedup} AS d ON d.scope = $1 AND d.id = $2
 LEFT JOIN {versions} AS v ON v.scope = $1 AND v.key = $3
 )sql";
 
+// Batches bind one array per column and run one statement for all their entries (the per-entry
+// statements above cost the server a bind and an execution each, which dominates a batch). The
+// same decisions, row by row:
+//
+// The claim of a batch: kClaimSql's upsert over the rows of the arrays, in their order (the caller
+// sorts them, so that batches lock rows in one order). `excluded` carries every per-entry value
+// the takeover's WHERE needs except max_attempts, which is therefore one value per statement
+// ($6): a batch mixing several runs one statement per value. No id appears twice in one statement
+// (ON CONFLICT DO UPDATE may not touch a row twice): a repeated id goes to a later statement of the
+// same transaction, which sees the earlier one's claim.
+//
+// One row per entry, in the arrays' order: the claim's RETURNING for a claimed entry (columns
+// 1-3), else the record and version as of the statement's snapshot (columns 4-12, the layout of
+// kClassifySql). That snapshot predates the upsert, so a record inserted concurrently is missing
+// from it: the caller classifies such an entry again with kClassifyBatchSql (a new snapshot), and
+// likewise one that the snapshot shows claimable. What the snapshot shows held stays held when
+// the upsert ran: `now` is read before it, a completed record cannot be replaced before it
+// expires, and a lease that was running at `now` was running before the upsert's own clock read.
+// Only the refused entries are looked up (the claimed ones need no read), each by its own index
+// lookup (LATERAL ... OFFSET 0 cannot become a join over a scan of the table).
+//   $1 scope[]  $2 id[]  $3 token[]  $4 lease ms[]  $5 fingerprint[]  $6 max_attempts
+//   $7 version key[] (NULL elements: none)  $8 version[]  $9 retention ms
+constexpr char kClaimBatchSql[] = R"sql(
+WITH i AS (
+  SELECT * FROM unnest($1::text[], $2::bytea[], $3::int8[], $4::int8[], $5::bytea[], $7::bytea[],
+                       $8::bytea[]) WITH ORDINALITY
+    AS i(scope, id, token, lease, fingerprint, vkey, version, ord)),
+n AS (SELECT {now} AS now),
+c AS (
+  INSERT INTO {dedup} AS d (scope, id, status, token, lease_until, attempts, fingerprint, result,
+                            expires_at, claim_origin)
+  SELECT i.scope, i.id, 0, i.token, n.now + i.lease, 1, i.fingerprint, NULL,
+         n.now + i.lease + $9, 0
+  FROM i, n
+  WHERE i.vkey IS NULL OR NOT EXISTS (
+    SELECT 1 FROM {versions} AS v
+    WHERE v.scope = i.scope AND v.key = i.vkey AND v.version >= i.version)
+  ORDER BY i.ord
+  ON CONFLICT (scope, id) DO UPDATE SET
+    status = 0,
+    token = excluded.token,
+    lease_until = excluded.lease_until,
+    expires_at = excluded.expires_at,
+    attempts = CASE WHEN d.status = 2 THEN 1 ELSE d.attempts + 1 END,
+    fingerprint = CASE WHEN d.status = 2 THEN excluded.fingerprint
+                       ELSE coalesce(d.fingerprint, excluded.fingerprint) END,
+    result = NULL,
+    claim_origin = CASE d.status WHEN 2 THEN 3 WHEN 1 THEN 1 ELSE 2 END
+  WHERE NOT (excluded.fingerprint IS NOT NULL AND d.fingerprint IS NOT NULL
+             AND d.fingerprint <> excluded.fingerprint)
+    AND ((d.status = 2 AND d.expires_at <= {now})
+         OR ((d.status = 1 OR (d.status = 0 AND d.lease_until <= {now}))
+             AND ($6 = 0 OR d.attempts < $6)))
+  RETURNING d.scope, d.id, d.attempts, d.claim_origin, d.lease_until),
+k AS (
+  SELECT r.ord, d.status, d.token, d.lease_until, d.attempts, d.fingerprint, d.result,
+         d.expires_at, v.version
+  FROM (SELECT * FROM i WHERE NOT EXISTS (
+          SELECT 1 FROM c WHERE c.scope = i.scope AND c.id = i.id) OFFSET 0) AS r
+  LEFT JOIN LATERAL (
+    SELECT * FROM {dedup} AS x WHERE x.scope = r.scope AND x.id = r.id OFFSET 0) AS d ON true
+  LEFT JOIN LATERAL (
+    SELECT * FROM {versions} AS x WHERE x.scope = r.scope AND x.key = r.vkey OFFSET 0) AS v ON true)
+SELECT i.ord::int8, c.attempts, c.claim_origin, c.lease_until,
+       n.now, k.status, k.token, k.lease_until, k.attempts, k.fingerprint, k.result, k.expires_at,
+       k.version
+FROM i CROSS JOIN n
+LEFT JOIN c ON c.scope = i.scope AND c.id = i.id
+LEFT JOIN k ON k.ord = i.ord
+ORDER BY i.ord
+)sql";
+
+// The classifying read of the entries of a batch that kClaimBatchSql's snapshot left
+// undecided: a statement of its own, after the claim committed, so a new snapshot that sees rows
+// inserted concurrently (kClassifySql's reason); one row per entry in the arrays' order.
+//   $1 scope[]  $2 id[]  $3 version key[]
+constexpr char kClassifyBatchSql[] = R"sql(
+SELECT n.now, d.status, d.token, d.lease_until, d.attempts, d.fingerprint, d.result,
+       d.expires_at, v.version
+FROM unnest($1::text[], $2::bytea[], $3::bytea[]) WITH ORDINALITY AS i(scope, id, vkey, ord)
+CROSS JOIN (SELECT {now} AS now) AS n
+LEFT JOIN {dedup} AS d ON d.scope = i.scope AND d.id = i.id
+LEFT JOIN {versions} AS v ON v.scope = i.scope AND v.key = i.vkey
+ORDER BY i.ord
+)sql";
+
+// The completions of a batch: kCompleteSql over the rows of the arrays. No id and no version key
+// appears twice in one statement (the caller puts a later one in a later statement, keeping the
+// order in which the handlers ran). Returns (entry's 1-based position, version raised 0/1) for
+// each entry whose fenced update matched; an entry without a row lost its claim.
+//   $1 scope[]  $2 id[]  $3 token[]  $4 retention ms[]  $5 result[]  $6 fingerprint[]
+//   $7 version key[]  $8 version[]
+constexpr char kCompleteBatchSql[] = R"sql(
+WITH c AS (
+  UPDATE {dedup} AS d SET status = 2, lease_until = 0, expires_at = {now} + i.retention,
+    result = coalesce(i.result, d.result), fingerprint = coalesce(d.fingerprint, i.fingerprint)
+  FROM unnest($1::text[], $2::bytea[], $3::int8[], $4::int8[], $5::bytea[], $6::bytea[],
+              $7::bytea[], $8::bytea[])
+       WITH ORDINALITY AS i(scope, id, token, retention, result, fingerprint, vkey, version, ord)
+  WHERE d.scope = i.scope AND d.id = i.id AND d.status = 0 AND d.token = i.token
+  RETURNING i.ord, i.scope, i.vkey, i.version),
+v AS (
+  INSERT INTO {versions} AS x (scope, key, version)
+  SELECT scope, vkey, version FROM c WHERE vkey IS NOT NULL
+  ON CONFLICT (scope, key) DO UPDATE SET version = excluded.version
+  WHERE x.version < excluded.version
+  RETURNING x.scope, x.key)
+SELECT c.ord::int8, CASE WHEN v.key IS NULL THEN 0 ELSE 1 END::int8
+FROM c LEFT JOIN v ON v.scope = c.scope AND v.key = c.vkey
+)sql";
+
+// Runs first in every batch pipeline. A prepared statement's generic plan is built once, from the
+// table statistics of that moment: built while idem's tables were still empty, the array
+// statements' joins became a hash join over a sequential scan of the dedup table, kept until the
+// next ANALYZE, so a batch cost time in proportion to the table. Within the batch's transaction
+// only, the planner is kept to index lookups driven by the arrays (nested loops), whatever the
+// statistics say; a plan built under these settings stays the cached one.
+constexpr char kIndexPlansSql[] =
+    "SELECT set_config('enable_seqscan', 'off', true), set_config('enable_hashjoin', 'off', true), "
+    "set_config('enable_mergejoin', 'off', true)";
+// The same for the claim statement, whose table lookups are LATERAL already: its other joins are
+// between the batch's own rows (the arrays, the upsert's RETURNING), where a hash join is right.
+constexpr char kIndexScansSql[] = "SELECT set_config('enable_seqscan', 'off', true)";
+
 struct Statements {
   Statement claim, classify, classify_single, complete, release, extend, purge, version, inspect;
+  Statement complete_ungated, index_plans, index_scans, claim_batch, classify_batch,
+      complete_batch;
 
   std::vector<const Statement*> All() const {
-    return {&claim, &classify, &classify_single, &complete, &release, &extend, &purge, &version, &inspect};
+    return {&claim,   &classify, &classify_single, &complete,    &complete_ungated,
+            &release, &extend,   &purge,           &version,     &inspect,
+            &index_plans, &index_scans, &claim_batch, &classify_batch, &complete_batch};
   }
 };
 
@@ -202,6 +345,18 @@ Statements MakeStatements(const internal::pg::Tables& t) {
       .purge = make("purge", kPurgeSql, {kInt8Oid}),
       .version = make("version", kVersionSql, {kTextOid, kByteaOid}),
       .inspect = make("inspect", kInspectSql, {kTextOid, kByteaOid}),
+      .complete_ungated = make("complete_ungated", kCompleteUngatedSql,
+                               {kTextOid, kByteaOid, kInt8Oid, kInt8Oid, kByteaOid, kByteaOid}),
+      .index_plans = make("index_plans", kIndexPlansSql, {}),
+      .index_scans = make("index_scans", kIndexScansSql, {}),
+      .claim_batch = make("claim_batch", kClaimBatchSql,
+                          {kTextArrayOid, kByteaArrayOid, kInt8ArrayOid, kInt8ArrayOid,
+                           kByteaArrayOid, kInt4Oid, kByteaArrayOid, kByteaArrayOid, kInt8Oid}),
+      .classify_batch = make("classify_batch", kClassifyBatchSql,
+                             {kTextArrayOid, kByteaArrayOid, kByteaArrayOid}),
+      .complete_batch = make("complete_batch", kCompleteBatchSql,
+                             {kTextArrayOid, kByteaArrayOid, kInt8ArrayOid, kInt8ArrayOid,
+                              kByteaArrayOid, kByteaArrayOid, kByteaArrayOid, kByteaArrayOid}),
   };
 }
 
@@ -297,6 +452,16 @@ class Pool {
   std::size_t open_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
+// What a claim's upsert returned for a record it took.
+struct Claimed {
+  int32_t attempts = 0;
+  int16_t origin = 0;
+  int64_t lease_until = 0;
+};
+
+// (scope, id), or (scope, version key): what two entries of one batch statement must not share.
+using EntryKey = std::pair<std::string_view, std::string_view>;
+
 struct ClaimOutcome {
   ClaimResult result;
   bool retention_reclaim = false;
@@ -348,6 +513,11 @@ class PostgresStore final : public DedupStore {
              std::tie(requests[b].scope, requests[b].id);
     });
 
+    if (valid.size() > 1) {
+      ClaimArrays(requests, valid, out);
+      return out;
+    }
+
     std::vector<ClaimArgs> args(valid.size());
     std::vector<Call> calls;
     calls.reserve(2 * valid.size());
@@ -379,8 +549,15 @@ class PostgresStore final : public DedupStore {
     absl::Status failure = Run(calls, "claim", [&](const std::vector<PgResultPtr>& results) {
       outcomes.clear();
       for (std::size_t k = 0; k < valid.size(); ++k) {
+        const PGresult* claim = results[2 * k].get();
+        std::optional<Claimed> claimed;
+        if (PQntuples(claim) == 1) {
+          claimed = Claimed{.attempts = GetInt4(claim, 0, 0),
+                            .origin = GetInt2(claim, 0, 1),
+                            .lease_until = GetInt8(claim, 0, 2)};
+        }
         absl::StatusOr<ClaimOutcome> o =
-            Decode(requests[valid[k]], args[k], results[2 * k].get(), results[2 * k + 1].get());
+            Decode(requests[valid[k]], args[k], claimed, results[2 * k + 1].get(), 0);
         if (!o.ok()) return o.status();
         outcomes.push_back(*std::move(o));
       }
@@ -414,6 +591,10 @@ class PostgresStore final : public DedupStore {
       }
     }
     if (valid.empty()) return out;
+    if (valid.size() > 1) {
+      CompleteArrays(requests, valid, out);
+      return out;
+    }
     // Completions keep the caller's order: two of one version key in a batch raise the version in
     // the order the handlers ran (the later, lower one is stale). A deadlock with another batch
     // over the same keys (40P01) rolls back and is retried.
@@ -434,10 +615,10 @@ class PostgresStore final : public DedupStore {
       if (r.version) {
         a.version = internal::pg::EncodeVersion(r.version->version);
         a.params.Bytea(r.version->key).Bytea(a.version);
+        calls.push_back(Call{&st_->complete, &a.params});
       } else {
-        a.params.Null(kByteaOid).Null(kByteaOid);
+        calls.push_back(Call{&st_->complete_ungated, &a.params});
       }
-      calls.push_back(Call{&st_->complete, &a.params});
     }
     // nullopt: the entry's token no longer owns its claim (its update matched nothing).
     std::vector<std::optional<CompleteStatus>> done;
@@ -445,6 +626,11 @@ class PostgresStore final : public DedupStore {
       done.clear();
       for (std::size_t k = 0; k < valid.size(); ++k) {
         const PGresult* r = results[k].get();
+        if (!requests[valid[k]].version) {
+          done.push_back(PQntuples(r) == 1 ? std::optional(CompleteStatus::kCompleted)
+                                           : std::nullopt);
+          continue;
+        }
         if (PQntuples(r) != 1) return absl::InternalError("postgres: complete returned no row");
         if (GetInt8(r, 0, 0) == 0) {
           done.push_back(std::nullopt);
@@ -656,6 +842,270 @@ class PostgresStore final : public DedupStore {
     return internal::FencedError("postgres", operation);
   }
 
+  // A claim batch of several entries (`valid`: indexes into `requests`, sorted by scope and id):
+  // one upsert over arrays and its classifying read per group, all pipelined, one transaction.
+  // Groups: the n-th delivery of an id in the batch goes to the n-th round (rounds run in order,
+  // each sees what the earlier claimed), and within a round one group per max_attempts value.
+  void ClaimArrays(std::span<const ClaimRequest> requests, const std::vector<std::size_t>& valid,
+                   std::vector<absl::StatusOr<ClaimResult>>& out) {
+    struct Group {
+      int round = 0;
+      int32_t max_attempts = 0;
+      std::vector<std::size_t> members;  // positions in `valid`, sorted
+      std::string scopes, ids, tokens, leases, fingerprints, keys, versions;  // encoded arrays
+      Params claim;
+    };
+    std::vector<ClaimArgs> args(valid.size());
+    std::vector<Group> groups;
+    {
+      absl::flat_hash_map<EntryKey, int> deliveries;
+      absl::flat_hash_map<std::pair<int, int32_t>, std::size_t> group_of;
+      for (std::size_t k = 0; k < valid.size(); ++k) {
+        const ClaimRequest& r = requests[valid[k]];
+        const int round = deliveries[EntryKey(r.scope, r.id)]++;
+        const int32_t max_attempts =
+            static_cast<int32_t>(std::min<uint32_t>(r.max_attempts, INT32_MAX));
+        auto [it, added] = group_of.try_emplace(std::pair(round, max_attempts), groups.size());
+        if (added) groups.push_back(Group{.round = round, .max_attempts = max_attempts});
+        groups[it->second].members.push_back(k);
+      }
+    }
+    // A later round after every earlier one, whatever order the groups were met in.
+    std::stable_sort(groups.begin(), groups.end(),
+                     [](const Group& a, const Group& b) { return a.round < b.round; });
+
+    std::vector<Call> calls;
+    calls.reserve(1 + groups.size());
+    calls.push_back(Call{&st_->index_scans, nullptr});
+    for (Group& g : groups) {
+      ArrayBuilder scopes(kTextOid), ids(kByteaOid), tokens(kInt8Oid), leases(kInt8Oid),
+          fingerprints(kByteaOid), keys(kByteaOid), versions(kByteaOid);
+      for (std::size_t k : g.members) {
+        const ClaimRequest& r = requests[valid[k]];
+        ClaimArgs& a = args[k];
+        a.token = options_.token_source();
+        if (r.fingerprint) a.fingerprint = internal::pg::EncodeFingerprint(*r.fingerprint);
+        scopes.Bytes(r.scope);
+        ids.Bytes(r.id);
+        tokens.Int8(TokenToSql(a.token));
+        leases.Int8(r.lease.count());
+        fingerprints.OptionalBytes(a.fingerprint);
+        if (r.version) {
+          keys.Bytes(r.version->key);
+          versions.Bytes(internal::pg::EncodeVersion(r.version->version));
+        } else {
+          keys.Null();
+          versions.Null();
+        }
+      }
+      g.scopes = scopes.Encoded();
+      g.ids = ids.Encoded();
+      g.tokens = tokens.Encoded();
+      g.leases = leases.Encoded();
+      g.fingerprints = fingerprints.Encoded();
+      g.keys = keys.Encoded();
+      g.versions = versions.Encoded();
+      g.claim.Array(g.scopes, kTextArrayOid).Array(g.ids, kByteaArrayOid);
+      g.claim.Array(g.tokens, kInt8ArrayOid).Array(g.leases, kInt8ArrayOid);
+      g.claim.Array(g.fingerprints, kByteaArrayOid).Int4(g.max_attempts);
+      g.claim.Array(g.keys, kByteaArrayOid).Array(g.versions, kByteaArrayOid).Int8(Retention());
+      calls.push_back(Call{&st_->claim_batch, &g.claim});
+    }
+
+    // Entries the claim's snapshot left undecided (positions in `valid`), classified again below.
+    std::vector<std::optional<ClaimOutcome>> outcomes(valid.size());
+    std::vector<std::size_t> undecided;
+    absl::Status failure = Run(calls, "claim", [&](const std::vector<PgResultPtr>& results) {
+      undecided.clear();
+      for (std::size_t gi = 0; gi < groups.size(); ++gi) {
+        const Group& g = groups[gi];
+        const PGresult* r = results[1 + gi].get();
+        if (PQntuples(r) != static_cast<int>(g.members.size())) {
+          return absl::InternalError("postgres: claim returned a row count unlike the batch");
+        }
+        for (std::size_t m = 0; m < g.members.size(); ++m) {
+          const int row = static_cast<int>(m);
+          const std::size_t k = g.members[m];
+          if (GetInt8(r, row, 0) != row + 1) {
+            return absl::InternalError("postgres: claim returned rows out of order");
+          }
+          if (!IsNull(r, row, 1)) {
+            outcomes[k] = Acquired(args[k], Claimed{.attempts = GetInt4(r, row, 1),
+                                                    .origin = GetInt2(r, row, 2),
+                                                    .lease_until = GetInt8(r, row, 3)});
+            continue;
+          }
+          absl::StatusOr<std::optional<ClaimOutcome>> refused =
+              Refusal(requests[valid[k]], args[k], r, row, /*column=*/4, /*snapshot=*/true);
+          if (!refused.ok()) return refused.status();
+          outcomes[k] = *std::move(refused);
+          if (!outcomes[k]) undecided.push_back(k);
+        }
+      }
+      return absl::OkStatus();
+    });
+    if (failure.ok() && !undecided.empty()) {
+      failure = Reclassify(requests, valid, args, undecided, outcomes);
+    }
+    for (std::size_t k = 0; k < valid.size(); ++k) {
+      if (!failure.ok()) {
+        out[valid[k]] = failure;
+      } else if (!outcomes[k]) {
+        out[valid[k]] = absl::UnavailableError(
+            "postgres: claim: the record changed while it was classified; retry the claim");
+      } else {
+        counters_.CountClaim(outcomes[k]->result, outcomes[k]->retention_reclaim);
+        out[valid[k]] = std::move(outcomes[k]->result);
+      }
+    }
+  }
+
+  // Classifies again, with a new snapshot (kClassifyBatchSql, one round trip), the entries of a
+  // claim batch that the claim's own snapshot left undecided. An entry still undecided keeps
+  // nullopt (Unavailable: nothing was written, the caller may claim again).
+  [[nodiscard]] absl::Status Reclassify(std::span<const ClaimRequest> requests,
+                                        const std::vector<std::size_t>& valid,
+                                        const std::vector<ClaimArgs>& args,
+                                        const std::vector<std::size_t>& undecided,
+                                        std::vector<std::optional<ClaimOutcome>>& outcomes) {
+    ArrayBuilder scopes(kTextOid), ids(kByteaOid), keys(kByteaOid);
+    for (std::size_t k : undecided) {
+      const ClaimRequest& r = requests[valid[k]];
+      scopes.Bytes(r.scope);
+      ids.Bytes(r.id);
+      if (r.version) {
+        keys.Bytes(r.version->key);
+      } else {
+        keys.Null();
+      }
+    }
+    const std::string scope_array(scopes.Encoded()), id_array(ids.Encoded()),
+        key_array(keys.Encoded());
+    Params p;
+    p.Array(scope_array, kTextArrayOid).Array(id_array, kByteaArrayOid);
+    p.Array(key_array, kByteaArrayOid);
+    const Call calls[] = {{&st_->index_plans, nullptr}, {&st_->classify_batch, &p}};
+    return Run(calls, "claim", [&](const std::vector<PgResultPtr>& results) {
+      const PGresult* r = results[1].get();
+      if (PQntuples(r) != static_cast<int>(undecided.size())) {
+        return absl::InternalError("postgres: classify returned a row count unlike the batch");
+      }
+      for (std::size_t m = 0; m < undecided.size(); ++m) {
+        const std::size_t k = undecided[m];
+        absl::StatusOr<std::optional<ClaimOutcome>> refused = Refusal(
+            requests[valid[k]], args[k], r, static_cast<int>(m), /*column=*/0, /*snapshot=*/false);
+        if (!refused.ok()) return refused.status();
+        outcomes[k] = *std::move(refused);
+      }
+      return absl::OkStatus();
+    });
+  }
+
+  // A completion batch of several entries (`valid`: indexes into `requests`, the caller's order):
+  // one statement over arrays per round, all pipelined, one transaction. An entry goes to the
+  // round after the last one holding its id or its version key, so that entries sharing either
+  // run in the caller's order (the later, lower version of a key is stale).
+  void CompleteArrays(std::span<const CompleteRequest> requests,
+                      const std::vector<std::size_t>& valid,
+                      std::vector<absl::StatusOr<CompleteStatus>>& out) {
+    struct Round {
+      std::vector<std::size_t> members;  // positions in `valid`, the caller's order
+      std::string scopes, ids, tokens, retentions, results, fingerprints, keys, versions;
+      Params params;
+    };
+    std::vector<Round> rounds;
+    {
+      absl::flat_hash_map<EntryKey, int> last_id, last_key;
+      for (std::size_t k = 0; k < valid.size(); ++k) {
+        const CompleteRequest& r = requests[valid[k]];
+        int round = 0;
+        if (auto it = last_id.find(EntryKey(r.scope, r.id)); it != last_id.end()) {
+          round = it->second + 1;
+        }
+        if (r.version) {
+          if (auto it = last_key.find(EntryKey(r.scope, r.version->key)); it != last_key.end()) {
+            round = std::max(round, it->second + 1);
+          }
+          last_key[EntryKey(r.scope, r.version->key)] = round;
+        }
+        last_id[EntryKey(r.scope, r.id)] = round;
+        if (static_cast<std::size_t>(round) >= rounds.size()) rounds.resize(round + 1);
+        rounds[round].members.push_back(k);
+      }
+    }
+    std::vector<Call> calls;
+    calls.reserve(1 + rounds.size());
+    calls.push_back(Call{&st_->index_plans, nullptr});
+    for (Round& round : rounds) {
+      ArrayBuilder scopes(kTextOid), ids(kByteaOid), tokens(kInt8Oid), retentions(kInt8Oid),
+          results(kByteaOid), fingerprints(kByteaOid), keys(kByteaOid), versions(kByteaOid);
+      for (std::size_t k : round.members) {
+        const CompleteRequest& r = requests[valid[k]];
+        scopes.Bytes(r.scope);
+        ids.Bytes(r.id);
+        tokens.Int8(TokenToSql(r.token));
+        retentions.Int8(r.retention.count() > 0 ? r.retention.count() : Retention());
+        results.OptionalBytes(r.result);
+        if (r.fingerprint) {
+          fingerprints.Bytes(internal::pg::EncodeFingerprint(*r.fingerprint));
+        } else {
+          fingerprints.Null();
+        }
+        if (r.version) {
+          keys.Bytes(r.version->key);
+          versions.Bytes(internal::pg::EncodeVersion(r.version->version));
+        } else {
+          keys.Null();
+          versions.Null();
+        }
+      }
+      round.scopes = scopes.Encoded();
+      round.ids = ids.Encoded();
+      round.tokens = tokens.Encoded();
+      round.retentions = retentions.Encoded();
+      round.results = results.Encoded();
+      round.fingerprints = fingerprints.Encoded();
+      round.keys = keys.Encoded();
+      round.versions = versions.Encoded();
+      round.params.Array(round.scopes, kTextArrayOid).Array(round.ids, kByteaArrayOid);
+      round.params.Array(round.tokens, kInt8ArrayOid).Array(round.retentions, kInt8ArrayOid);
+      round.params.Array(round.results, kByteaArrayOid);
+      round.params.Array(round.fingerprints, kByteaArrayOid);
+      round.params.Array(round.keys, kByteaArrayOid).Array(round.versions, kByteaArrayOid);
+      calls.push_back(Call{&st_->complete_batch, &round.params});
+    }
+    // nullopt: the entry's token no longer owns its claim (its update matched nothing).
+    std::vector<std::optional<CompleteStatus>> done(valid.size());
+    absl::Status failure = Run(calls, "complete", [&](const std::vector<PgResultPtr>& results) {
+      std::fill(done.begin(), done.end(), std::nullopt);
+      for (std::size_t ri = 0; ri < rounds.size(); ++ri) {
+        const Round& round = rounds[ri];
+        const PGresult* r = results[1 + ri].get();
+        for (int row = 0; row < PQntuples(r); ++row) {
+          const int64_t position = GetInt8(r, row, 0);
+          if (position < 1 || position > static_cast<int64_t>(round.members.size())) {
+            return absl::InternalError("postgres: complete returned an unknown entry");
+          }
+          const std::size_t k = round.members[position - 1];
+          done[k] = requests[valid[k]].version && GetInt8(r, row, 1) == 0
+                        ? CompleteStatus::kStale
+                        : CompleteStatus::kCompleted;
+        }
+      }
+      return absl::OkStatus();
+    });
+    for (std::size_t k = 0; k < valid.size(); ++k) {
+      if (!failure.ok()) {
+        out[valid[k]] = failure;
+      } else if (!done[k]) {
+        out[valid[k]] = Fenced("complete");
+      } else {
+        counters_.CountCompletion(*done[k]);
+        out[valid[k]] = *done[k];
+      }
+    }
+  }
+
   // Runs `calls` as one pipeline on a pooled connection and hands the results to `decode`, which
   // may run again if the transaction is retried. A server error in any call fails the whole call
   // (the implicit transaction rolled back); 40001 and 40P01 are retried.
@@ -690,30 +1140,60 @@ class PostgresStore final : public DedupStore {
   }
 
   // The outcome of one claim from its upsert's RETURNING and its classifying read.
+  static ClaimOutcome Acquired(const ClaimArgs& args, const Claimed& claimed) {
+    return ClaimOutcome{
+        .result = ClaimResult{.status = ClaimStatus::kAcquired,
+                              .token = args.token,
+                              .attempt = static_cast<uint32_t>(claimed.attempts),
+                              .lease_until_ms = claimed.lease_until,
+                              .took_over = claimed.origin == internal::pg::kOriginTakeover},
+        .retention_reclaim = claimed.origin == internal::pg::kOriginRetention};
+  }
+
+  // `claimed`: the row the claim's upsert returned, if it took the record; otherwise row
+  // `row_index` of `classify`, from column `column` on, is a classifying read (kClassifySql's
+  // layout). Unavailable when the read neither took nor refuses the claim.
   [[nodiscard]] absl::StatusOr<ClaimOutcome> Decode(const ClaimRequest& request,
-                                                    const ClaimArgs& args, const PGresult* claim,
-                                                    const PGresult* classify) {
-    if (PQntuples(claim) == 1) {
-      const int origin = GetInt2(claim, 0, 1);
-      return ClaimOutcome{
-          .result = ClaimResult{.status = ClaimStatus::kAcquired,
-                                .token = args.token,
-                                .attempt = static_cast<uint32_t>(GetInt4(claim, 0, 0)),
-                                .lease_until_ms = GetInt8(claim, 0, 2),
-                                .took_over = origin == internal::pg::kOriginTakeover},
-          .retention_reclaim = origin == internal::pg::kOriginRetention};
+                                                    const ClaimArgs& args,
+                                                    const std::optional<Claimed>& claimed,
+                                                    const PGresult* classify, int row_index,
+                                                    int column = 0) {
+    if (claimed) return Acquired(args, *claimed);
+    absl::StatusOr<std::optional<ClaimOutcome>> refused =
+        Refusal(request, args, classify, row_index, column, /*snapshot=*/false);
+    if (!refused.ok()) return refused.status();
+    if (*refused) return **refused;
+    // Neither taken nor refused: the record changed between the upsert and the read (a lease
+    // that ran out in between, a purge, a version lowered by hand). Nothing was written: the
+    // caller may simply claim again.
+    return absl::UnavailableError(
+        "postgres: claim: the record changed while it was classified; retry the claim");
+  }
+
+  // Why a claim that the upsert did not take was refused, from a classifying read (row
+  // `row_index` of `classify`, kClassifySql's columns from `column` on); nullopt when the read
+  // does not say. `snapshot`: the read predates the upsert (kClaimBatchSql), so only what cannot
+  // have changed since counts: a held record, a version at or above the request's (the upsert's
+  // own gate read the same snapshot); a record missing from it or dead-lettered by it is left
+  // undecided (inserted, or taken by a consumer with a higher max_attempts, in between).
+  [[nodiscard]] absl::StatusOr<std::optional<ClaimOutcome>> Refusal(
+      const ClaimRequest& request, const ClaimArgs& args, const PGresult* classify,
+      int row_index, int column, bool snapshot) {
+    if (PQntuples(classify) <= row_index) {
+      return absl::InternalError("postgres: classify returned no row");
     }
-    if (PQntuples(classify) != 1) return absl::InternalError("postgres: classify returned no row");
-    const int64_t now = GetInt8(classify, 0, 0);
+    const int i = row_index;
+    const int c = column;
+    const int64_t now = GetInt8(classify, i, c);
     std::optional<DedupRow> row;
-    if (!IsNull(classify, 0, 1)) {
-      row = DedupRow{.status = GetInt2(classify, 0, 1),
-                     .token = internal::pg::TokenFromSql(GetInt8(classify, 0, 2)),
-                     .lease_until = GetInt8(classify, 0, 3),
-                     .attempts = static_cast<uint32_t>(GetInt4(classify, 0, 4)),
-                     .fingerprint = GetBytea(classify, 0, 5),
-                     .result = GetBytea(classify, 0, 6),
-                     .expires_at = GetInt8(classify, 0, 7)};
+    if (!IsNull(classify, i, c + 1)) {
+      row = DedupRow{.status = GetInt2(classify, i, c + 1),
+                     .token = internal::pg::TokenFromSql(GetInt8(classify, i, c + 2)),
+                     .lease_until = GetInt8(classify, i, c + 3),
+                     .attempts = static_cast<uint32_t>(GetInt4(classify, i, c + 4)),
+                     .fingerprint = GetBytea(classify, i, c + 5),
+                     .result = GetBytea(classify, i, c + 6),
+                     .expires_at = GetInt8(classify, i, c + 7)};
     }
     std::optional<std::string_view> fingerprint;
     if (args.fingerprint) fingerprint = *args.fingerprint;
@@ -722,25 +1202,21 @@ class PostgresStore final : public DedupStore {
         return ClaimOutcome{.result = *std::move(held)};
       }
     }
-    if (request.version && !IsNull(classify, 0, 8)) {
+    if (request.version && !IsNull(classify, i, c + 8)) {
       absl::StatusOr<uint64_t> applied =
-          internal::pg::DecodeVersion(GetBytea(classify, 0, 8).value_or(""));
+          internal::pg::DecodeVersion(GetBytea(classify, i, c + 8).value_or(""));
       if (!applied.ok()) return applied.status();
       if (*applied >= request.version->version) {
         return ClaimOutcome{
             .result = ClaimResult{.status = ClaimStatus::kStale, .applied_version = *applied}};
       }
     }
-    if (row && row->status != internal::pg::kStatusCompleted && request.max_attempts > 0 &&
-        row->attempts >= request.max_attempts) {
+    if (!snapshot && row && row->status != internal::pg::kStatusCompleted &&
+        request.max_attempts > 0 && row->attempts >= request.max_attempts) {
       return ClaimOutcome{
           .result = ClaimResult{.status = ClaimStatus::kDeadLettered, .attempt = row->attempts}};
     }
-    // Neither taken nor refused: the record changed between the upsert and the read (a lease
-    // that ran out in between, a purge, a version lowered by hand). Nothing was written: the
-    // caller may simply claim again.
-    return absl::UnavailableError(
-        "postgres: claim: the record changed while it was classified; retry the claim");
+    return std::nullopt;
   }
 
   PostgresStoreOptions options_;

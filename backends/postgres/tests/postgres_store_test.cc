@@ -167,6 +167,133 @@ TEST(PostgresStore, ThreadsShareASmallPoolAndEachIdIsAcquiredOnce) {
   EXPECT_EQ((*store)->Stats().claims_acquired, static_cast<uint64_t>(kIds));
 }
 
+// Batches run one statement over arrays per round: every outcome a batch can give, with repeated
+// ids, several max_attempts values and the refusals only a fresh read decides (dead-lettered).
+TEST(PostgresStore, ClaimBatchGivesEachEntryItsOwnOutcome) {
+  auto store = NewPostgresStore(Options(UniqueSchema()));
+  ASSERT_TRUE(store.ok()) << store.status();
+  DedupStore& s = **store;
+  // Set up: "done" completed, "v" raised key k to 5, "poison" released at max_attempts 1,
+  // "fp" held with fingerprint a.
+  auto done = s.Claim(Claim("done"));
+  ASSERT_TRUE(done.ok());
+  ASSERT_TRUE(s.Complete({.scope = kScope, .id = "done", .token = done->token, .result = "r"}).ok());
+  ClaimRequest v = Claim("v");
+  v.version = VersionStamp{.key = "k", .version = 5};
+  auto vc = s.Claim(v);
+  ASSERT_TRUE(vc.ok());
+  ASSERT_TRUE(s.Complete({.scope = kScope, .id = "v", .token = vc->token, .version = v.version}).ok());
+  ClaimRequest poison = Claim("poison");
+  poison.max_attempts = 1;
+  auto pc = s.Claim(poison);
+  ASSERT_TRUE(pc.ok());
+  ASSERT_TRUE(s.Release(kScope, "poison", pc->token).ok());
+  ClaimRequest fp = Claim("fp");
+  fp.fingerprint = Fingerprint::Of("a");
+  ASSERT_TRUE(s.Claim(fp).ok());
+
+  ClaimRequest stale = Claim("stale");
+  stale.version = VersionStamp{.key = "k", .version = 4};
+  ClaimRequest newer = Claim("newer");
+  newer.version = VersionStamp{.key = "k", .version = 6};
+  ClaimRequest other_fp = Claim("fp");
+  other_fp.fingerprint = Fingerprint::Of("b");
+  ClaimRequest fresh_limited = Claim("fresh-limited");
+  fresh_limited.max_attempts = 3;
+  const std::vector<ClaimRequest> batch = {
+      Claim("fresh"), Claim("done"), stale, newer, poison, other_fp, Claim("fresh"),
+      fresh_limited, Claim("fresh"), ClaimRequest{.scope = kScope, .id = ""}};
+  std::vector<absl::StatusOr<ClaimResult>> out = s.ClaimBatch(batch);
+  ASSERT_EQ(out.size(), batch.size());
+  for (std::size_t i = 0; i + 1 < out.size(); ++i) ASSERT_TRUE(out[i].ok()) << i << out[i].status();
+  EXPECT_EQ(out[0]->status, ClaimStatus::kAcquired);
+  EXPECT_EQ(out[1]->status, ClaimStatus::kDuplicate);
+  EXPECT_EQ(out[1]->result, "r");
+  EXPECT_EQ(out[2]->status, ClaimStatus::kStale);
+  EXPECT_EQ(out[2]->applied_version, 5u);
+  EXPECT_EQ(out[3]->status, ClaimStatus::kAcquired);
+  EXPECT_EQ(out[4]->status, ClaimStatus::kDeadLettered);
+  EXPECT_EQ(out[5]->status, ClaimStatus::kConflict);
+  // The same id three times: claimed once, the later deliveries see it held.
+  EXPECT_EQ(out[6]->status, ClaimStatus::kInProgress);
+  EXPECT_EQ(out[8]->status, ClaimStatus::kInProgress);
+  EXPECT_EQ(out[6]->lease_until_ms, out[0]->lease_until_ms);
+  EXPECT_EQ(out[7]->status, ClaimStatus::kAcquired);
+  EXPECT_FALSE(out[9].ok());
+  EXPECT_EQ(s.Stats().claims_acquired, 4u + 3u);  // 4 during set-up
+
+  // Completions: one fenced (a wrong token), two of one key where the later is lower (stale),
+  // and one id completed twice (the second is fenced: the first ended the claim).
+  ClaimRequest k7 = Claim("k7");
+  k7.version = VersionStamp{.key = "k2", .version = 7};
+  ClaimRequest k3 = Claim("k3");
+  k3.version = VersionStamp{.key = "k2", .version = 3};
+  std::vector<absl::StatusOr<ClaimResult>> claims = s.ClaimBatch(std::vector{k7, k3});
+  ASSERT_TRUE(claims[0].ok() && claims[1].ok());
+  ASSERT_EQ(claims[0]->status, ClaimStatus::kAcquired);
+  ASSERT_EQ(claims[1]->status, ClaimStatus::kAcquired);
+  const std::vector<CompleteRequest> completes = {
+      {.scope = kScope, .id = "k7", .token = claims[0]->token, .version = k7.version},
+      {.scope = kScope, .id = "k3", .token = claims[1]->token, .version = k3.version},
+      {.scope = kScope, .id = "fresh", .token = out[0]->token + 1},
+      {.scope = kScope, .id = "fresh", .token = out[0]->token, .result = "x"},
+      {.scope = kScope, .id = "fresh", .token = out[0]->token, .result = "y"},
+      {.scope = kScope, .id = "newer", .token = out[3]->token, .version = newer.version}};
+  std::vector<absl::StatusOr<CompleteStatus>> done_out = s.CompleteBatch(completes);
+  ASSERT_EQ(done_out.size(), completes.size());
+  ASSERT_TRUE(done_out[0].ok());
+  EXPECT_EQ(*done_out[0], CompleteStatus::kCompleted);
+  ASSERT_TRUE(done_out[1].ok());
+  EXPECT_EQ(*done_out[1], CompleteStatus::kStale);
+  EXPECT_EQ(done_out[2].status().code(), absl::StatusCode::kAborted);
+  ASSERT_TRUE(done_out[3].ok());
+  EXPECT_EQ(done_out[4].status().code(), absl::StatusCode::kAborted);
+  ASSERT_TRUE(done_out[5].ok());
+  EXPECT_EQ(*done_out[5], CompleteStatus::kCompleted);
+  EXPECT_EQ(*s.AppliedVersion(kScope, "k2"), std::optional<uint64_t>(7));
+  EXPECT_EQ(*s.AppliedVersion(kScope, "k"), std::optional<uint64_t>(6));
+  auto again = s.Claim(Claim("fresh"));
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->status, ClaimStatus::kDuplicate);
+  EXPECT_EQ(again->result, "x");
+}
+
+// Batches racing over the same fresh ids: a record inserted by another batch after a claim
+// statement's snapshot is classified by a fresh read; each id is acquired exactly once and no
+// entry comes back as a failure.
+TEST(PostgresStore, RacingClaimBatchesAcquireEachIdOnce) {
+  auto store = NewPostgresStore(Options(UniqueSchema()));
+  ASSERT_TRUE(store.ok()) << store.status();
+  constexpr int kThreads = 4, kRounds = 30, kBatch = 40;
+  std::atomic<int> acquired{0}, failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int round = 0; round < kRounds; ++round) {
+        std::vector<std::string> ids;
+        for (int i = 0; i < kBatch; ++i) {
+          // Every thread names the round's ids, each in its own order.
+          ids.push_back(absl::StrCat("race-", round, "-", (i * (t + 1)) % kBatch));
+        }
+        std::vector<ClaimRequest> batch;
+        for (const std::string& id : ids) batch.push_back(Claim(id));
+        for (const absl::StatusOr<ClaimResult>& r : (*store)->ClaimBatch(batch)) {
+          if (!r.ok()) {
+            failures.fetch_add(1);
+          } else if (r->status == ClaimStatus::kAcquired) {
+            acquired.fetch_add(1);
+          } else if (r->status != ClaimStatus::kInProgress) {
+            failures.fetch_add(1);
+          }
+        }
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_EQ(acquired.load(), kRounds * kBatch);
+}
+
 TEST(PostgresStore, SerializationFailuresAreRetriedOrUnavailableNeverDuplicate) {
   // Serializable transactions make overlapping batches fail with 40001 (or deadlock, 40P01).
   PostgresStoreOptions options = Options(UniqueSchema());
