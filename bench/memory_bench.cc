@@ -8,6 +8,7 @@
 // retention deadline. A record found completed is a duplicate; one found in progress with a live
 // lease is skipped. It keeps no fencing token, fingerprint, attempt count, capacity bound or stats.
 #include <array>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -23,6 +24,7 @@
 #include "bench_util.h"
 #include "benchmark/benchmark.h"
 #include "idem/memory_store.h"
+#include "idem/observer.h"
 #include "idem/processor.h"
 
 namespace idem::bench {
@@ -89,7 +91,24 @@ std::unique_ptr<RawDedupMap> raw_map;
 std::unique_ptr<DedupStore> store;
 std::unique_ptr<Processor> processor;
 
-void SetUpIdem() {
+// What a metrics observer does per message, at the least: count the outcome and add up the
+// times, with relaxed atomics (idem::prometheus does more).
+class CountingObserver final : public ProcessObserver {
+ public:
+  void OnMessage(const ProcessEvent& event) noexcept override {
+    const std::size_t i = event.outcome.has_value() ? static_cast<std::size_t>(*event.outcome) : 6;
+    counts_[i].fetch_add(1, std::memory_order_relaxed);
+    nanos_.fetch_add(event.handler_time.count() + event.store_time.count(),
+                     std::memory_order_relaxed);
+  }
+
+ private:
+  std::array<std::atomic<uint64_t>, 7> counts_{};
+  std::atomic<int64_t> nanos_{0};
+};
+CountingObserver counting_observer;
+
+void SetUpIdem(ProcessObserver* observer = nullptr) {
   MemoryStoreOptions options;
   options.capacity = kCapacity;
   absl::StatusOr<std::unique_ptr<DedupStore>> made = NewMemoryStore(options);
@@ -98,7 +117,8 @@ void SetUpIdem() {
     std::abort();
   }
   store = std::move(made).value();
-  absl::StatusOr<Processor> p = Processor::Create(*store, std::string(kScope));
+  absl::StatusOr<Processor> p =
+      Processor::Create(*store, std::string(kScope), {.observer = observer});
   if (!p.ok()) std::abort();
   processor = std::make_unique<Processor>(*std::move(p));
 }
@@ -122,8 +142,10 @@ void RawPerMessage(benchmark::State& state) {
   if (state.thread_index() == 0) raw_map.reset();
 }
 
-void IdemPerMessage(benchmark::State& state) {
-  if (state.thread_index() == 0) SetUpIdem();
+// The per-message path with an observer set (`observed`) or none: the observer hook's cost is
+// the ratio of the two in one run.
+void IdemPerMessageWith(benchmark::State& state, bool observed) {
+  if (state.thread_index() == 0) SetUpIdem(observed ? &counting_observer : nullptr);
   MessageStream stream;
   for (auto _ : state) {
     absl::StatusOr<ProcessResult> result =
@@ -136,6 +158,9 @@ void IdemPerMessage(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations());
   if (state.thread_index() == 0) TearDownIdem();
 }
+
+void IdemPerMessage(benchmark::State& state) { IdemPerMessageWith(state, false); }
+void IdemPerMessageObserved(benchmark::State& state) { IdemPerMessageWith(state, true); }
 
 void RawBatch(benchmark::State& state, std::size_t batch) {
   raw_map = std::make_unique<RawDedupMap>();
@@ -176,6 +201,7 @@ void IdemBatch(benchmark::State& state, std::size_t batch) {
 void RegisterAll() {
   Register("memory", "lease", "raw", RawPerMessage);
   Register("memory", "lease", "idem", IdemPerMessage);
+  Register("memory", "lease", "idem_observed", IdemPerMessageObserved);
   Register("memory", "lease_2threads", "raw", RawPerMessage)->Threads(2);
   Register("memory", "lease_2threads", "idem", IdemPerMessage)->Threads(2);
   for (std::size_t batch : {1, 10, 100, 1000}) {

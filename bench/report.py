@@ -9,7 +9,7 @@ idem_msgs_per_s. The median over repetitions when there are several.
 
   report.py OUT_DIR [--mode quick|full] [--redis-version TEXT] [--postgres-version TEXT]
 
-Reads OUT_DIR/{memory,sqlite,redis,postgres}.json, and OUT_DIR/peer-N.jsonl with OUT_DIR/peer-idem-N.json
+Reads OUT_DIR/{memory,sqlite,redis,postgres,adapters}.json, and OUT_DIR/peer-N.jsonl with OUT_DIR/peer-idem-N.json
 (the peer's rounds and idem's redis lease / batch 100 measured between them), when present; writes
 OUT_DIR/results.md, OUT_DIR/chart.dat, OUT_DIR/throughput.png (when gnuplot is installed).
 """
@@ -22,6 +22,8 @@ import subprocess
 import sys
 
 BACKENDS = ["memory", "sqlite-normal", "sqlite-full", "redis", "postgres"]
+# The broker adapters (adapters.json): patterns are the dedup store idem runs on; no chart.
+ADAPTER_BACKENDS = ["redis-streams", "kafka-mock"]
 BATCHES = [1, 10, 100, 1000]
 
 # (description, kind, args, minimum). kind "ratio": idem/raw of (backend, pattern);
@@ -52,7 +54,7 @@ PEER_COMPARISON = {"sequential": ("redis", "lease"), "inflight64": ("redis", "ba
 def load_benchmarks(out_dir):
     """Returns {(backend, pattern, impl): msgs_per_s} and the list of errors."""
     rates, errors = {}, []
-    for name in ("memory", "sqlite", "redis", "postgres"):
+    for name in ("memory", "sqlite", "redis", "postgres", "adapters"):
         path = os.path.join(out_dir, name + ".json")
         if not os.path.exists(path):
             continue
@@ -119,7 +121,8 @@ def fmt(n):
 
 
 def pattern_order(pattern):
-    order = ["lease", "lease_2threads", "txn"] + [f"batch{b}" for b in BATCHES]
+    order = (["lease", "lease_2threads", "txn"] + [f"batch{b}" for b in BATCHES] +
+             ["sqlite", "redis"])
     return (order.index(pattern) if pattern in order else len(order), pattern)
 
 
@@ -157,13 +160,15 @@ def main():
     parser.add_argument("out_dir")
     parser.add_argument("--mode", default="quick")
     parser.add_argument("--redis-version", default="")
+    parser.add_argument("--command", default="", help="the run.sh command line, for the context")
     parser.add_argument("--postgres-version", default="")
     args = parser.parse_args()
 
     rates, errors = load_benchmarks(args.out_dir)
     peer, idem_beside_peer = load_peer(args.out_dir)
     pairs = sorted({(b, p) for (b, p, _) in rates},
-                   key=lambda bp: (BACKENDS.index(bp[0]) if bp[0] in BACKENDS else 99,
+                   key=lambda bp: ((BACKENDS + ADAPTER_BACKENDS).index(bp[0])
+                                   if bp[0] in BACKENDS + ADAPTER_BACKENDS else 99,
                                    pattern_order(bp[1])))
 
     lines = []
@@ -221,7 +226,7 @@ def main():
             verdict = "met" if value >= minimum else "MISSED"
             target_lines.append(f"TARGET {description}: {value:.2f} {verdict}")
 
-    command = "bench/run.sh" + (" --quick" if args.mode == "quick" else "")
+    command = args.command or ("bench/run.sh" + (" --quick" if args.mode == "quick" else ""))
     context = (f"`{command}` ({args.mode} run); {machine()}; "
                f"{args.redis_version.split(' sha=')[0]} on loopback, appendonly yes, "
                f"appendfsync everysec; SQLite {sqlite_version()} WAL, checkpoints untimed "
@@ -253,7 +258,10 @@ def main():
                 idem = rates.get((backend, f"batch{batch}", "idem"), float("nan"))
                 f.write(f"{batch} {raw:.1f} {idem:.1f}\n")
             f.write("\n\n")
-    if shutil.which("gnuplot"):
+    has_batches = any((b, f"batch{n}", "raw") in rates for b in BACKENDS for n in BATCHES)
+    if not has_batches:
+        pass  # an adapters-only run: nothing to chart
+    elif shutil.which("gnuplot"):
         draw_chart(args.out_dir, dat, peer)
     else:
         print("report.py: gnuplot not found; no chart", file=sys.stderr)
@@ -275,7 +283,7 @@ def draw_chart(out_dir, dat, peer):
         "set key bottom right", "set format y '%.0s%c'",
     ]
     for i, backend in enumerate(BACKENDS):
-        script.append(f"set title '{titles[backend]}'")
+        script.append(f"set title '{titles.get(backend, backend)}'")
         plot = (f"plot '{dat}' index {i} using 1:2 with linespoints lw 2 pt 7 title 'raw', "
                 f"'' index {i} using 1:3 with linespoints lw 2 pt 5 title 'idem'")
         if backend == "redis" and "inflight64" in peer:

@@ -3,20 +3,27 @@
 # raw and idem side by side for every backend, runs the Powertools peer where Node.js is present,
 # prints the table (with RATIO / PEER / TARGET lines) and draws the throughput chart.
 #
-#   bench/run.sh [--quick] [--publish] [--no-peer] [--only=BACKEND,...]
+#   bench/run.sh [--quick] [--publish] [--no-peer] [--adapters] [--only=BACKEND,...]
 #
 #   --quick     short runs, 1M-row pre-fill only (under two minutes once built)
 #               (a full run also pre-fills 10M rows, about 100 s the first time; the files are
 #               kept in BUILD_DIR/bench-data and reused)
 #   --publish   also copy the table and the chart to bench/results/ (what the README shows)
 #   --no-peer   skip the Powertools peer even if node is installed
+#   --adapters  only the broker adapters: Redis Streams and Kafka (librdkafka's mock cluster),
+#               each against the same consumer loop without idem, idem on SQLite and on Redis
+#               (idem_bench_adapters); and RabbitMQ (idem_bench_rabbitmq)
 #   --only=memory,sqlite,redis,postgres
-#               run only these backends (the peer runs only with redis)
+#               run only these backends (the peer runs only with redis; no adapters)
 #
 # Environment: BUILD_DIR (default build-bench), JOBS (default 2), IDEM_BENCH_REDIS_PORT
-# (default 26479), IDEM_BENCH_PG_PORT (default 26432). PostgreSQL 15 runs as a private cluster
-# (backends/postgres/tests/pg_server.sh: initdb in a temporary directory, 127.0.0.1 only, fsync and
-# synchronous_commit on, the defaults), stopped by its PID on exit. The redis-server listens on 127.0.0.1 only, with appendonly yes and
+# (default 26479), IDEM_BENCH_PG_PORT (default 26432), IDEM_BENCH_RABBITMQ_PORT (default 26672; the
+# two ports above it too: the broker's Erlang distribution and epmd). PostgreSQL 15 runs as a
+# private cluster (backends/postgres/tests/pg_server.sh: initdb in a temporary directory, 127.0.0.1
+# only, fsync and synchronous_commit on, the defaults), stopped by its PID on exit. The RabbitMQ
+# benchmark runs Debian's rabbitmq-server as a plain process on 127.0.0.1
+# (adapters/rabbitmq/tests/rabbitmq_server.sh), stopped by its PID. The redis-server listens on
+# 127.0.0.1 only, with appendonly yes and
 # appendfsync everysec (Redis's default fsync policy), no RDB snapshots and no automatic AOF
 # rewrite (a rewrite forks mid-run and adds noise); it is stopped by its PID on exit.
 #
@@ -29,20 +36,22 @@ cd "$(dirname "$0")/.."
 repo=$(pwd)
 
 quick=0
+adapters_only=0
 publish=0
 peer=1
-backends="memory sqlite redis postgres"
+only=""
 for arg in "$@"; do
   case "$arg" in
     --quick) quick=1 ;;
     --publish) publish=1 ;;
     --no-peer) peer=0 ;;
-    --only=*) backends=${arg#--only=}; backends=${backends//,/ } ;;
-    *) sed -n '2,20p' "$0"; exit 2 ;;
+    --adapters) adapters_only=1 ;;
+    --only=*) only=${arg#--only=}; only=${only//,/ } ;;
+    *) sed -n '2,30p' "$0"; exit 2 ;;
   esac
 done
 
-if ((publish)) && [ "$backends" != "memory sqlite redis postgres" ]; then
+if ((publish)) && [ -n "$only" ]; then
   echo "run.sh: --publish needs every backend (bench/results/ holds the whole table)" >&2
   exit 2
 fi
@@ -60,11 +69,11 @@ as_root() {
 # Debian packages the run needs; the chart's gnuplot-nox is installed if missing.
 missing=()
 for tool_pkg in cmake:cmake ninja:ninja-build gnuplot:gnuplot-nox redis-server:redis-server \
-                python3:python3; do
+                python3:python3 epmd:erlang-base; do
   command -v "${tool_pkg%%:*}" >/dev/null 2>&1 || missing+=("${tool_pkg#*:}")
 done
 for pkg in libbenchmark-dev libhiredis-dev libsqlite3-dev libabsl-dev libxxhash-dev libpq-dev \
-           postgresql; do
+           postgresql librdkafka-dev librabbitmq-dev rabbitmq-server; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" ||
     missing+=("$pkg")
 done
@@ -78,9 +87,19 @@ fi
 echo "run.sh: building (Release) in $build"
 cmake -S "$repo" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DIDEM_BUILD_BENCHMARKS=ON \
   -DIDEM_BUILD_TESTS=OFF -DIDEM_BUILD_TOOLS=OFF -DIDEM_WITH_SQLITE=ON -DIDEM_WITH_REDIS=ON \
-  -DIDEM_WITH_POSTGRES=ON >/dev/null
-cmake --build "$build" -j"$jobs" --target idem_bench_memory idem_bench_sqlite idem_bench_redis \
-  idem_bench_postgres
+  -DIDEM_WITH_POSTGRES=ON -DIDEM_WITH_KAFKA=ON -DIDEM_WITH_REDIS_STREAMS=ON \
+  -DIDEM_WITH_RABBITMQ=ON >/dev/null
+if ((adapters_only)); then
+  backends=(adapters)
+  targets=(idem_bench_adapters idem_bench_rabbitmq)
+elif [ -n "$only" ]; then
+  read -r -a backends <<<"$only"
+  targets=("${backends[@]/#/idem_bench_}")
+else
+  backends=(memory sqlite redis postgres adapters)
+  targets=("${backends[@]/#/idem_bench_}" idem_bench_rabbitmq)
+fi
+cmake --build "$build" -j"$jobs" --target "${targets[@]}"
 
 rm -rf "$out" "$build/bench-redis"
 mkdir -p "$out" "$data" "$build/bench-redis"
@@ -95,7 +114,16 @@ stop_redis() {
   fi
   sh backends/postgres/tests/pg_server.sh stop "$pg_state" >/dev/null 2>&1 || true
 }
-trap stop_redis EXIT
+# ---- a private rabbitmq-server, stopped by PID (started after the Redis runs) ---------------
+rabbit_port=${IDEM_BENCH_RABBITMQ_PORT:-26672}
+rabbit_dir=$build/bench-rabbitmq
+rabbit_script=$repo/adapters/rabbitmq/tests/rabbitmq_server.sh
+stop_rabbit() {
+  if [ -s "$rabbit_dir/server/server.pid" ]; then
+    sh "$rabbit_script" stop "$rabbit_dir/server" >/dev/null
+  fi
+}
+trap 'stop_redis; stop_rabbit' EXIT
 if redis-cli -h 127.0.0.1 -p "$port" ping >/dev/null 2>&1; then
   echo "run.sh: something already listens on 127.0.0.1:$port; set IDEM_BENCH_REDIS_PORT" >&2
   exit 1
@@ -113,8 +141,10 @@ redis-cli -h 127.0.0.1 -p "$port" ping >/dev/null
 
 # ---- a private PostgreSQL cluster, stopped by PID ----------------------------------------------
 pg_port=${IDEM_BENCH_PG_PORT:-26432}
-sh backends/postgres/tests/pg_server.sh start "$pg_port" "$pg_state" >/dev/null
-export IDEM_BENCH_PG_URI="postgresql://postgres@127.0.0.1:$pg_port/idem_test"
+if ! ((adapters_only)); then
+  sh backends/postgres/tests/pg_server.sh start "$pg_port" "$pg_state" >/dev/null
+  export IDEM_BENCH_PG_URI="postgresql://postgres@127.0.0.1:$pg_port/idem_test"
+fi
 
 # ---- the suite ---------------------------------------------------------------------------------
 if ((quick)); then
@@ -139,7 +169,7 @@ else
              --benchmark_enable_random_interleaving=true --benchmark_report_aggregates_only=true)
 fi
 export IDEM_BENCH_DIR=$data IDEM_BENCH_PREFILL=$prefill IDEM_BENCH_REDIS_PORT=$port
-for backend in $backends; do
+for backend in "${backends[@]}"; do
   echo "run.sh: idem_bench_$backend"
   flags=("${gbench[@]}")
   [ "$backend" = postgres ] && flags=("${pg_gbench[@]}")
@@ -150,8 +180,10 @@ done
 # ---- the peer: Powertools for AWS Lambda (TypeScript) idempotency on the same Redis ----------
 # Round-trip latency on an idle VM drifts (vCPU wake-ups), so the peer and idem's comparable
 # benchmarks (redis lease and batch 100) run in alternating rounds; the report takes medians.
-case " $backends " in *" redis "*) ;; *) peer=0 ;; esac
-if ((peer)) && command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
+case " ${backends[*]} " in *" redis "*) ;; *) peer=0 ;; esac
+if ((adapters_only)); then
+  :  # the peer is measured beside idem's Redis benchmarks, which an adapters-only run skips
+elif ((peer)) && command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
   echo "run.sh: peer (Powertools idempotency, Node.js $(node --version)), 3 rounds beside idem"
   (cd bench/peer && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
   for round in 1 2 3; do
@@ -165,11 +197,26 @@ elif ((peer)); then
   echo "run.sh: node not found; the peer is skipped"
 fi
 
+# ---- RabbitMQ: messages/s through the adapter, without and with idem, on a private broker ---
+if [ -z "$only" ]; then
+  rm -rf "$rabbit_dir" && mkdir -p "$rabbit_dir"
+  # The fixture's readiness probe is the benchmark binary itself (an AMQP login).
+  printf '#!/bin/sh\nexec "%s" --probe "$1"\n' "$build/bench/idem_bench_rabbitmq" >"$rabbit_dir/probe"
+  chmod +x "$rabbit_dir/probe"
+  echo "run.sh: idem_bench_rabbitmq (rabbitmq-server on 127.0.0.1:$rabbit_port)"
+  sh "$rabbit_script" start "$rabbit_port" "$rabbit_dir/server" "$rabbit_dir/probe"
+  rabbit_messages=$( ((quick)) && echo 5000 || echo 20000)
+  "$build/bench/idem_bench_rabbitmq" "$rabbit_port" "$rabbit_messages" 3 "$data" >"$out/rabbitmq.txt"
+  sh "$rabbit_script" stop "$rabbit_dir/server" >/dev/null
+fi
+
 # ---- the table, the chart --------------------------------------------------------------------
 mode=$( ((quick)) && echo quick || echo full)
 pg_version=$("$(cat "$pg_state/bindir")/postgres" --version 2>/dev/null | awk '{print $3}' || true)
 python3 bench/report.py "$out" --mode "$mode" --redis-version "$(redis-server --version)" \
-  --postgres-version "$pg_version"
+  --postgres-version "$pg_version" --command "bench/run.sh${*:+ $*}"
+# report.py reads the Google Benchmark JSON; the RabbitMQ program prints its RATIO lines itself.
+[ -z "$only" ] && cat "$out/rabbitmq.txt"
 if ((publish)); then
   mkdir -p bench/results
   cp "$out/results.md" "$out/throughput.png" bench/results/

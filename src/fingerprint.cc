@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_format.h"
 #include "idem/types.h"
+#include "internal/big_endian.h"
 
 namespace idem {
 
@@ -15,22 +16,17 @@ Fingerprint Fingerprint::Of(std::string_view payload) {
 }
 
 std::string Fingerprint::ToBytes() const {
-  std::string out(16, '\0');
-  for (int i = 0; i < 8; ++i) {
-    out[i] = static_cast<char>(high >> (56 - 8 * i));
-    out[8 + i] = static_cast<char>(low >> (56 - 8 * i));
-  }
+  std::string out;
+  out.reserve(16);
+  internal::AppendBigEndian(&out, high, 8);
+  internal::AppendBigEndian(&out, low, 8);
   return out;
 }
 
 Fingerprint Fingerprint::FromBytes(std::string_view bytes) {
-  Fingerprint f;
-  if (bytes.size() != 16) return f;
-  for (int i = 0; i < 8; ++i) {
-    f.high = (f.high << 8) | static_cast<unsigned char>(bytes[i]);
-    f.low = (f.low << 8) | static_cast<unsigned char>(bytes[8 + i]);
-  }
-  return f;
+  if (bytes.size() != 16) return Fingerprint{};
+  return Fingerprint{internal::LoadBigEndian(bytes.substr(0, 8)),
+                     internal::LoadBigEndian(bytes.substr(8, 8))};
 }
 
 std::string Fingerprint::ToHex() const { return absl::StrFormat("%016x%016x", high, low); }

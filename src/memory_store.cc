@@ -1,6 +1,8 @@
 #include "idem/memory_store.h"
 
+#include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <bit>
 #include <cstddef>
 #include <deque>
@@ -14,6 +16,8 @@
 #include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
 #include "internal/adaptive_mutex.h"
+#include "internal/list_cursor.h"
+#include "internal/owner.h"
 #include "internal/store_counters.h"
 #include "internal/strings.h"
 #include "internal/token.h"
@@ -152,7 +156,7 @@ class MemoryStore final : public DedupStore {
     if (reclaim_expired) {
       // Retention ran out: the id is new again (documented; counted).
       Counters::Add(shard.counters.retention_reclaims);
-    } else if (absl::Status s = ReserveSlot(shard, now); !s.ok()) {
+    } else if (absl::Status s = ReserveSlot(shard); !s.ok()) {
       return s;
     }
     Record fresh{
@@ -214,11 +218,15 @@ class MemoryStore final : public DedupStore {
     if (request.result) r->result = std::string(*request.result);
     if (!r->fingerprint) r->fingerprint = request.fingerprint;
     Counters::Add(shard.counters.completed);
+    NotifyWaiters();
     return status;
   }
 
   absl::Status Release(std::string_view scope, std::string_view id, uint64_t token) override {
-    if (absl::Status s = ValidateOwnerArgs(scope, id, token); !s.ok()) return s;
+    if (absl::Status s = internal::ValidateOwnerArgs(scope, id, token, options_.max_id_bytes);
+        !s.ok()) {
+      return s;
+    }
     const std::string& key = LookupKey(KeyBuffer::kRecord, scope, id);
     const std::size_t hash = HashOf(key);
     Shard& shard = ShardFor(hash);
@@ -228,12 +236,16 @@ class MemoryStore final : public DedupStore {
     r->state = RecordState::kReleased;
     r->lease_until = 0;
     r->expires_at = clock_->NowMillis() + options_.retention.count();
+    NotifyWaiters();
     return absl::OkStatus();
   }
 
   absl::StatusOr<int64_t> Extend(std::string_view scope, std::string_view id, uint64_t token,
                                  std::chrono::milliseconds lease) override {
-    if (absl::Status s = ValidateOwnerArgs(scope, id, token); !s.ok()) return s;
+    if (absl::Status s = internal::ValidateOwnerArgs(scope, id, token, options_.max_id_bytes);
+        !s.ok()) {
+      return s;
+    }
     if (absl::Status s = ValidateLease(lease); !s.ok()) return s;
     const std::string& key = LookupKey(KeyBuffer::kRecord, scope, id);
     const std::size_t hash = HashOf(key);
@@ -247,6 +259,7 @@ class MemoryStore final : public DedupStore {
   }
 
   absl::StatusOr<int64_t> PurgeExpired(int64_t limit) override {
+    if (absl::Status s = ValidatePurgeLimit(limit); !s.ok()) return s;
     int64_t purged = 0;
     for (Shard& shard : shards_) {
       std::lock_guard<internal::AdaptiveMutex> lock(shard.mu);
@@ -304,6 +317,118 @@ class MemoryStore final : public DedupStore {
 
   std::string_view BackendName() const override { return "memory"; }
 
+  // --- Operator calls and waiting (store.h).
+
+  absl::StatusOr<ListPage> List(const ListRequest& request) override {
+    if (absl::Status s = ValidateListRequest(request); !s.ok()) return s;
+    absl::StatusOr<std::optional<std::string>> after = internal::DecodeIdCursor(request.cursor);
+    if (!after.ok()) return after.status();
+    std::string prefix(request.scope);
+    prefix.push_back('\0');
+    // The shards hash their keys, so a page is the smallest ids after the cursor over all of
+    // them: O(records) per page, fine for an operator's listing of an in-process store.
+    std::vector<ListedRecord> found;
+    for (Shard& shard : shards_) {
+      std::lock_guard<internal::AdaptiveMutex> lock(shard.mu);
+      const int64_t now = clock_->NowMillis();
+      for (const auto& [key, r] : shard.records) {
+        if (!key.starts_with(prefix)) continue;
+        std::string_view id = std::string_view(key).substr(prefix.size());
+        if (after->has_value() && id <= **after) continue;
+        RecordInfo info{.state = r.state,
+                        .token = r.token,
+                        .attempts = r.attempts,
+                        .lease_until_ms = r.state == RecordState::kInProgress ? r.lease_until : 0,
+                        .expires_at_ms = r.expires_at,
+                        .fingerprint = r.fingerprint,
+                        .result = r.result};
+        if (!MatchesListFilter(info, request.filter, request.max_attempts, now)) continue;
+        found.push_back(ListedRecord{.id = std::string(id), .info = std::move(info)});
+      }
+    }
+    std::sort(found.begin(), found.end(),
+              [](const ListedRecord& a, const ListedRecord& b) { return a.id < b.id; });
+    ListPage page;
+    if (found.size() > request.limit) {
+      found.resize(request.limit);
+      page.next_cursor = internal::EncodeIdCursor(found.back().id);
+    }
+    page.records = std::move(found);
+    return page;
+  }
+
+  absl::Status ResetAttempts(std::string_view scope, std::string_view id,
+                             uint64_t token) override {
+    if (absl::Status s = internal::ValidateOwnerArgs(scope, id, token, options_.max_id_bytes);
+        !s.ok()) {
+      return s;
+    }
+    {
+      const std::string& key = LookupKey(KeyBuffer::kRecord, scope, id);
+      const std::size_t hash = HashOf(key);
+      Shard& shard = ShardFor(hash);
+      std::lock_guard<internal::AdaptiveMutex> lock(shard.mu);
+      auto it = shard.records.find(key, hash);
+      if (it == shard.records.end()) return absl::NotFoundError("reset: no record for this id");
+      Record& r = it->second;
+      const int64_t now = clock_->NowMillis();
+      if (r.token != token) {
+        return absl::AbortedError("reset refused: the record's token changed since it was read");
+      }
+      if (r.state == RecordState::kCompleted) {
+        return absl::FailedPreconditionError("reset refused: the record is COMPLETED");
+      }
+      if (r.state == RecordState::kInProgress && r.lease_until > now) {
+        return absl::FailedPreconditionError("reset refused: the record is a live claim");
+      }
+      r.state = RecordState::kReleased;
+      r.attempts = 0;
+      r.lease_until = 0;
+      r.expires_at = now + options_.retention.count();
+    }
+    NotifyWaiters();
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<bool> WaitForCompletion(
+      std::string_view scope, std::string_view id,
+      std::chrono::steady_clock::time_point deadline) override {
+    if (absl::Status s = ValidateScope(scope); !s.ok()) return s;
+    if (absl::Status s = ValidateId(id, options_.max_id_bytes); !s.ok()) return s;
+    // Counted before the first look at the record, so that a completion that follows it sees a
+    // waiter and notifies (its shard lock orders the two).
+    waiters_.fetch_add(1, std::memory_order_seq_cst);
+    struct Leave {
+      std::atomic<int>& waiters;
+      ~Leave() { waiters.fetch_sub(1, std::memory_order_seq_cst); }
+    } leave{waiters_};
+    while (true) {
+      uint64_t seen;
+      {
+        std::lock_guard<std::mutex> lock(wait_mu_);
+        seen = wait_generation_;
+      }
+      {
+        const std::string& key = LookupKey(KeyBuffer::kRecord, scope, id);
+        const std::size_t hash = HashOf(key);
+        Shard& shard = ShardFor(hash);
+        std::lock_guard<internal::AdaptiveMutex> lock(shard.mu);
+        auto it = shard.records.find(key, hash);
+        if (it == shard.records.end() || it->second.state != RecordState::kInProgress ||
+            it->second.lease_until <= clock_->NowMillis()) {
+          return true;
+        }
+      }
+      if (std::chrono::steady_clock::now() >= deadline) return false;
+      // Woken by a completion, release or reset; at most every 50 ms it looks again, because a
+      // lease ends by the store's clock (maybe a manual one), which tells nobody.
+      std::unique_lock<std::mutex> lock(wait_mu_);
+      wait_changed_.wait_until(
+          lock, std::min(deadline, std::chrono::steady_clock::now() + std::chrono::milliseconds(50)),
+          [&] { return wait_generation_ != seen; });
+    }
+  }
+
  private:
   // The maps' own hash of a key, computed once per call: its top bits pick the shard (the maps'
   // probing relies on the low bits), and the maps' find() takes it instead of hashing again.
@@ -324,13 +449,6 @@ class MemoryStore final : public DedupStore {
     return it->second;
   }
 
-  absl::Status ValidateOwnerArgs(std::string_view scope, std::string_view id, uint64_t token) {
-    if (absl::Status s = ValidateScope(scope); !s.ok()) return s;
-    if (absl::Status s = ValidateId(id, options_.max_id_bytes); !s.ok()) return s;
-    if (token == 0) return absl::InvalidArgumentError("token 0 is never issued by a claim");
-    return absl::OkStatus();
-  }
-
   // The record if `token` owns its live claim, else nullptr.
   static Record* OwnedRecord(Shard& shard, const std::string& key, std::size_t hash,
                              uint64_t token) {
@@ -343,8 +461,7 @@ class MemoryStore final : public DedupStore {
 
   static absl::Status Fenced(Shard& shard, std::string_view operation) {
     Counters::Add(shard.counters.fenced);
-    return absl::AbortedError(absl::StrCat(
-        std::string(operation), " refused: the token no longer owns the claim (lease lost)"));
+    return internal::FencedError("memory", operation);
   }
 
   static bool IsPurgeable(const Record& r, int64_t now) {
@@ -353,31 +470,37 @@ class MemoryStore final : public DedupStore {
   }
 
   // Takes one slot of the capacity for a new record, evicting if configured (I7).
-  absl::Status ReserveSlot(Shard& shard, int64_t now) {
+  absl::Status ReserveSlot(Shard& shard) {
     if (count_.fetch_add(1, std::memory_order_relaxed) < options_.capacity) {
       return absl::OkStatus();
     }
-    if (options_.evict_oldest && EvictOldest(shard, now)) {
+    if (options_.evict_oldest && EvictOldest(shard)) {
       return absl::OkStatus();  // the evicted record's slot is reused
     }
     count_.fetch_sub(1, std::memory_order_relaxed);
     Counters::Add(shard.counters.capacity_rejections);
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "in-memory store is full (capacity=", options_.capacity,
-        options_.evict_oldest ? "; nothing evictable in this shard" : "; eviction is off",
-        "); the claim was not recorded"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("in-memory store is full (capacity=", options_.capacity,
+                     options_.evict_oldest ? "; no COMPLETED record to evict in this shard"
+                                           : "; eviction is off",
+                     "); the claim was not recorded"));
   }
 
-  // Evicts the oldest record of `shard` that is not a live claim. Returns whether one was.
-  bool EvictOldest(Shard& shard, int64_t now) {
+  // Evicts the oldest COMPLETED record of `shard`. Returns whether one was.
+  //
+  // Only COMPLETED records: a RELEASED record, or an IN_PROGRESS one whose lease ended, holds the
+  // attempt count that max_attempts is judged by; evicting it would let the next claim start
+  // again at attempt 1, so a poison message would never be dead-lettered. A live claim is never
+  // evicted either. Evicting a COMPLETED record only forgets a duplicate early, which is what the
+  // capacity bound trades (I7).
+  bool EvictOldest(Shard& shard) {
     for (auto q = shard.order.begin(); q != shard.order.end();) {
       auto it = shard.records.find(q->first);
       if (it == shard.records.end() || it->second.seq != q->second) {
         q = shard.order.erase(q);  // its record was purged or replaced
         continue;
       }
-      const Record& r = it->second;
-      if (r.state == RecordState::kInProgress && r.lease_until > now) {
+      if (it->second.state != RecordState::kCompleted) {
         ++q;
         continue;
       }
@@ -410,6 +533,21 @@ class MemoryStore final : public DedupStore {
   std::atomic<std::size_t> count_{0};
   std::atomic<std::size_t> version_count_{0};
   std::atomic<uint64_t> next_seq_{0};
+  // WaitForCompletion: waiters block on wait_changed_ until wait_generation_ moves. Writers that
+  // end a claim notify only when waiters_ > 0, so the hot path pays one relaxed load.
+  std::atomic<int> waiters_{0};
+  std::mutex wait_mu_;
+  std::condition_variable wait_changed_;
+  uint64_t wait_generation_ = 0;  // guarded by wait_mu_
+
+  void NotifyWaiters() {
+    if (waiters_.load(std::memory_order_seq_cst) == 0) return;
+    {
+      std::lock_guard<std::mutex> lock(wait_mu_);
+      ++wait_generation_;
+    }
+    wait_changed_.notify_all();
+  }
 };
 
 }  // namespace

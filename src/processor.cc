@@ -1,10 +1,13 @@
 #include "idem/processor.h"
 
+#include <algorithm>
+#include <chrono>
 #include <exception>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "internal/status_macros.h"
 
@@ -31,6 +34,96 @@ class ReleaseOnUnwind {
   std::string_view id_;
   uint64_t token_;
   bool armed_ = true;
+};
+
+// Times the steps of one message and reports them to the observer (kObserved), or does nothing
+// at all (!kObserved: every member is empty and inlined away).
+template <bool kObserved>
+class Probe;
+
+template <>
+class Probe<false> {
+ public:
+  Probe(ProcessObserver*, std::string_view, std::string_view) {}
+  template <typename F>
+  auto Store(F&& f) {
+    return f();
+  }
+  template <typename F>
+  void RunHandler(F&& f) {
+    f();
+  }
+  void Claimed(const ClaimResult&) {}
+  void Waited() {}
+  absl::Status Fail(absl::Status status) { return status; }
+  ProcessResult Done(ProcessResult result) { return result; }
+};
+
+template <>
+class Probe<true> {
+ public:
+  using SteadyClock = std::chrono::steady_clock;
+
+  Probe(ProcessObserver* observer, std::string_view scope, std::string_view id)
+      : observer_(observer), exceptions_(std::uncaught_exceptions()) {
+    event_.scope = scope;
+    event_.id = id;
+  }
+  Probe(const Probe&) = delete;
+  Probe& operator=(const Probe&) = delete;
+  // A handler that threw: reported on the way out, the exception travels on untouched.
+  ~Probe() {
+    if (reported_ || std::uncaught_exceptions() <= exceptions_) return;
+    event_.handler_threw = true;
+    observer_->OnMessage(event_);
+  }
+
+  template <typename F>
+  auto Store(F&& f) {
+    const SteadyClock::time_point start = SteadyClock::now();
+    auto out = f();
+    event_.store_time += SteadyClock::now() - start;
+    return out;
+  }
+  template <typename F>
+  void RunHandler(F&& f) {
+    event_.handler_ran = true;
+    const SteadyClock::time_point start = SteadyClock::now();
+    struct AddOnExit {  // the handler's time counts also when it throws
+      ProcessEvent& event;
+      SteadyClock::time_point start;
+      ~AddOnExit() { event.handler_time += SteadyClock::now() - start; }
+    } add{event_, start};
+    f();
+  }
+  void Claimed(const ClaimResult& claim) {
+    event_.attempt = claim.attempt;
+    event_.took_over = claim.took_over;
+  }
+  void Waited() { event_.waited = true; }
+  absl::Status Fail(absl::Status status) {
+    event_.status = status.code();
+    event_.fenced = status.code() == absl::StatusCode::kAborted && event_.handler_ran;
+    Report();
+    return status;
+  }
+  ProcessResult Done(ProcessResult result) {
+    event_.outcome = result.outcome;
+    event_.attempt = result.attempt;
+    Report();
+    return result;
+  }
+
+ private:
+  void Report() {
+    reported_ = true;
+    observer_->OnMessage(event_);
+  }
+
+  ProcessObserver* observer_;
+  const int exceptions_;
+  bool reported_ = false;
+  ProcessEvent event_;
 };
 
 }  // namespace
@@ -90,6 +183,9 @@ absl::StatusOr<Processor> Processor::Create(DedupStore& store, std::string scope
   if (options.retention.count() < 0) {
     return absl::InvalidArgumentError("retention must not be negative");
   }
+  if (options.wait_for_in_flight.count() < 0) {
+    return absl::InvalidArgumentError("wait_for_in_flight must not be negative");
+  }
   return Processor(store, std::move(scope), options);
 }
 
@@ -117,30 +213,52 @@ ClaimRequest Processor::MakeClaim(const Message& message) const {
 }
 
 absl::StatusOr<ProcessResult> Processor::Process(const Message& message, Handler handler) const {
-  const ClaimRequest request = MakeClaim(message);
-  IDEM_ASSIGN_OR_RETURN(const ClaimResult claim, store_->Claim(request));
-  if (claim.status != ClaimStatus::kAcquired) return NotAcquired(claim);
+  if (options_.observer != nullptr) return ProcessImpl<true>(message, handler);
+  return ProcessImpl<false>(message, handler);
+}
 
-  HandlerContext context(store_, scope_, message.id, claim.attempt, claim.token);
+template <bool kObserved>
+absl::StatusOr<ProcessResult> Processor::ProcessImpl(const Message& message,
+                                                     Handler handler) const {
+  Probe<kObserved> probe(options_.observer, scope_, message.id);
+  const ClaimRequest request = MakeClaim(message);
+  absl::StatusOr<ClaimResult> claim = probe.Store([&] { return store_->Claim(request); });
+  if (!claim.ok()) return probe.Fail(std::move(claim).status());
+  if (claim->status == ClaimStatus::kInProgress && options_.wait_for_in_flight.count() > 0) {
+    // Wait for the live claim to end, then claim once more: the store, not the wait, decides
+    // (COMPLETED: a duplicate with its result; released or expired: this delivery runs it).
+    probe.Waited();
+    const auto deadline = std::chrono::steady_clock::now() + options_.wait_for_in_flight;
+    absl::StatusOr<bool> ended =
+        probe.Store([&] { return store_->WaitForCompletion(scope_, message.id, deadline); });
+    if (!ended.ok()) return probe.Fail(std::move(ended).status());
+    claim = probe.Store([&] { return store_->Claim(request); });
+    if (!claim.ok()) return probe.Fail(std::move(claim).status());
+  }
+  probe.Claimed(*claim);
+  if (claim->status != ClaimStatus::kAcquired) return probe.Done(NotAcquired(*claim));
+
+  HandlerContext context(store_, scope_, message.id, claim->attempt, claim->token);
   {
-    ReleaseOnUnwind guard(*store_, scope_, message.id, claim.token);
-    handler(context);
+    ReleaseOnUnwind guard(*store_, scope_, message.id, claim->token);
+    probe.RunHandler([&] { handler(context); });
     guard.Disarm();
   }
   CompleteRequest complete{.scope = scope_,
                            .id = message.id,
-                           .token = claim.token,
+                           .token = claim->token,
                            .fingerprint = request.fingerprint,
                            .version = message.version,
                            .retention = options_.retention};
   if (context.result()) complete.result = *context.result();
   // A failed completion leaves the claim to expire: the write may have been applied (a lost
   // reply), so releasing it could let another consumer run the handler at once.
-  IDEM_ASSIGN_OR_RETURN(const CompleteStatus done, store_->Complete(complete));
-  return ProcessResult{
-      .outcome = done == CompleteStatus::kStale ? Outcome::kStale : Outcome::kProcessed,
+  absl::StatusOr<CompleteStatus> done = probe.Store([&] { return store_->Complete(complete); });
+  if (!done.ok()) return probe.Fail(std::move(done).status());
+  return probe.Done(ProcessResult{
+      .outcome = *done == CompleteStatus::kStale ? Outcome::kStale : Outcome::kProcessed,
       .result = context.result(),
-      .attempt = claim.attempt};
+      .attempt = claim->attempt});
 }
 
 namespace {
@@ -150,9 +268,10 @@ struct BatchEntry {
   std::size_t index = 0;  // position in the caller's batch
   uint64_t token = 0;
   uint32_t attempt = 0;
-  // kPending until its handler ran (kHandled) or its claim was found lost before it could run
-  // (kAbandoned: neither completed nor released, it belongs to someone else now).
-  enum class State { kPending, kHandled, kAbandoned } state = State::kPending;
+  // kPending until its handler ran (kHandled), its claim was found lost before it could run
+  // (kAbandoned: neither completed nor released, it belongs to someone else now), or a newer
+  // version of its key ran earlier in the batch (kSuperseded: stale, released without running).
+  enum class State { kPending, kHandled, kAbandoned, kSuperseded } state = State::kPending;
   std::optional<std::string> result;
 };
 
@@ -175,7 +294,8 @@ class BatchUnwind {
     try {
       if (!completes_.empty()) (void)store_.CompleteBatch(completes_);
       for (const BatchEntry& entry : entries_) {
-        if (entry.state == BatchEntry::State::kPending) {
+        if (entry.state == BatchEntry::State::kPending ||
+            entry.state == BatchEntry::State::kSuperseded) {
           (void)store_.Release(scope_, messages_[entry.index].id, entry.token);
         }
       }
@@ -201,7 +321,28 @@ std::vector<absl::StatusOr<ProcessResult>> Processor::ProcessBatch(
   std::vector<ClaimRequest> requests;
   requests.reserve(messages.size());
   for (const Message& message : messages) requests.push_back(MakeClaim(message));
+  // With an observer: one event per message, reported once every outcome is known.
+  ProcessObserver* const observer = options_.observer;
+  using SteadyTime = std::chrono::steady_clock;
+  std::vector<ProcessEvent> events;
+  SteadyTime::time_point started;
+  if (observer != nullptr) {
+    events.resize(messages.size());
+    started = SteadyTime::now();
+  }
   std::vector<absl::StatusOr<ClaimResult>> claims = store_->ClaimBatch(requests);
+  if (observer != nullptr && !messages.empty()) {
+    const auto share = (SteadyTime::now() - started) / messages.size();
+    for (std::size_t i = 0; i < messages.size(); ++i) {
+      events[i].scope = scope_;
+      events[i].id = messages[i].id;
+      events[i].store_time = share;
+      if (i < claims.size() && claims[i].ok()) {
+        events[i].attempt = claims[i]->attempt;
+        events[i].took_over = claims[i]->took_over;
+      }
+    }
+  }
 
   std::vector<absl::StatusOr<ProcessResult>> out(messages.size(), ProcessResult{});
   std::vector<BatchEntry> entries;
@@ -226,13 +367,26 @@ std::vector<absl::StatusOr<ProcessResult>> Processor::ProcessBatch(
   std::vector<const BatchEntry*> completed_entries;
   completes.reserve(entries.size());
   completed_entries.reserve(entries.size());
+  // Every claim of the batch passed the store's version gate against the versions applied before
+  // the batch, so a key's older version that follows a newer one in the same batch would run its
+  // handler although it is stale: the newest version of each key handled so far refuses it here.
+  absl::flat_hash_map<std::string_view, uint64_t> handled_versions;
   {
     BatchUnwind guard(*store_, completes, entries, scope_, messages);
     for (BatchEntry& entry : entries) {
       const Message& message = messages[entry.index];
+      if (message.version) {
+        const auto newer = handled_versions.find(message.version->key);
+        if (newer != handled_versions.end() && newer->second >= message.version->version) {
+          entry.state = BatchEntry::State::kSuperseded;
+          continue;
+        }
+      }
       if (clock.NowMillis() - claimed_at >= options_.lease.count() / 2) {
+        if (observer != nullptr) started = SteadyTime::now();
         absl::StatusOr<int64_t> renewed =
             store_->Extend(scope_, message.id, entry.token, options_.lease);
+        if (observer != nullptr) events[entry.index].store_time += SteadyTime::now() - started;
         if (!renewed.ok()) {
           entry.state = BatchEntry::State::kAbandoned;
           out[entry.index] = renewed.status();
@@ -240,9 +394,28 @@ std::vector<absl::StatusOr<ProcessResult>> Processor::ProcessBatch(
         }
       }
       HandlerContext context(store_, scope_, message.id, entry.attempt, entry.token);
-      handler(context);
+      if (observer == nullptr) {
+        handler(context);
+      } else {
+        ProcessEvent& event = events[entry.index];
+        event.handler_ran = true;
+        started = SteadyTime::now();
+        try {
+          handler(context);
+        } catch (...) {
+          event.handler_time += SteadyTime::now() - started;
+          event.handler_threw = true;
+          observer->OnMessage(event);
+          throw;
+        }
+        event.handler_time += SteadyTime::now() - started;
+      }
       entry.state = BatchEntry::State::kHandled;
       entry.result = context.result();
+      if (message.version) {
+        uint64_t& newest = handled_versions[message.version->key];
+        newest = std::max(newest, message.version->version);
+      }
       CompleteRequest complete{.scope = scope_,
                                .id = message.id,
                                .token = entry.token,
@@ -256,7 +429,20 @@ std::vector<absl::StatusOr<ProcessResult>> Processor::ProcessBatch(
     guard.Disarm();
   }
 
+  if (observer != nullptr) started = SteadyTime::now();
   std::vector<absl::StatusOr<CompleteStatus>> done = store_->CompleteBatch(completes);
+  if (observer != nullptr && !completed_entries.empty()) {
+    const auto share = (SteadyTime::now() - started) / completed_entries.size();
+    for (const BatchEntry* entry : completed_entries) events[entry->index].store_time += share;
+  }
+  // A superseded message is acked as stale and its claim released, not completed: were the newer
+  // version's completion to fail, completing the older one would apply a version whose handler
+  // never ran. A redelivery is refused at its claim once the newer version is applied.
+  for (const BatchEntry& entry : entries) {
+    if (entry.state != BatchEntry::State::kSuperseded) continue;
+    (void)store_->Release(scope_, messages[entry.index].id, entry.token);
+    out[entry.index] = ProcessResult{.outcome = Outcome::kStale, .attempt = entry.attempt};
+  }
   for (std::size_t k = 0; k < completed_entries.size(); ++k) {
     const BatchEntry& entry = *completed_entries[k];
     if (k >= done.size()) {
@@ -268,6 +454,20 @@ std::vector<absl::StatusOr<ProcessResult>> Processor::ProcessBatch(
           .outcome = *done[k] == CompleteStatus::kStale ? Outcome::kStale : Outcome::kProcessed,
           .result = entry.result,
           .attempt = entry.attempt};
+    }
+  }
+  if (observer != nullptr) {
+    for (std::size_t i = 0; i < messages.size(); ++i) {
+      ProcessEvent& event = events[i];
+      if (out[i].ok()) {
+        event.outcome = out[i]->outcome;
+        event.attempt = out[i]->attempt;
+      } else {
+        event.status = out[i].status().code();
+        event.fenced = event.status == absl::StatusCode::kAborted &&
+                       (event.handler_ran || event.attempt > 0);
+      }
+      observer->OnMessage(event);
     }
   }
   return out;

@@ -103,6 +103,33 @@ TEST(MemoryStore, EvictOldestDropsCompletedRecordsNeverLiveClaims) {
   EXPECT_EQ(*b_info, std::nullopt) << "the completed record was evicted";
 }
 
+TEST(MemoryStore, EvictOldestKeepsReleasedAndAbandonedClaimsWithTheirAttemptCounts) {
+  ManualClock clock;
+  auto store = NewMemoryStore({.capacity = 2, .evict_oldest = true, .shards = 1, .clock = &clock});
+  IDEM_ASSERT_OK(store);
+  ClaimRequest poison = Claim("poison");
+  poison.max_attempts = 1;
+  auto released = (*store)->Claim(poison);
+  IDEM_ASSERT_OK(released);
+  ASSERT_EQ(released->status, ClaimStatus::kAcquired);
+  IDEM_ASSERT_OK((*store)->Release("s", "poison", released->token));
+  auto abandoned = (*store)->Claim(Claim("abandoned"));
+  IDEM_ASSERT_OK(abandoned);
+  clock.Advance(20'000);  // the abandoned claim's lease ends
+
+  // Neither record may make room: both hold an attempt count.
+  EXPECT_THAT((*store)->Claim(Claim("new")), StatusIs(absl::StatusCode::kResourceExhausted));
+  EXPECT_EQ((*store)->Stats().evictions, 0u);
+  auto again = (*store)->Claim(poison);
+  IDEM_ASSERT_OK(again);
+  EXPECT_EQ(again->status, ClaimStatus::kDeadLettered)
+      << "evicting the released record would have restarted it at attempt 1";
+  auto takeover = (*store)->Claim(Claim("abandoned"));
+  IDEM_ASSERT_OK(takeover);
+  EXPECT_EQ(takeover->status, ClaimStatus::kAcquired);
+  EXPECT_EQ(takeover->attempt, 2u);
+}
+
 TEST(MemoryStore, PurgeFreesCapacity) {
   ManualClock clock;
   auto store =

@@ -3,13 +3,44 @@
 #include "gtest/gtest.h"
 #include "idem/open_store.h"
 #include "idem/processor.h"
+#include "idem/store.h"
 #include "idem/types.h"
+#include "internal/big_endian.h"
 #include "testing/status_matchers.h"
 
 namespace idem {
 namespace {
 
 using ::idem::testing::StatusIs;
+
+// A default argument on a virtual function is bound by the caller's static type; PurgeExpired
+// takes its limit explicitly.
+template <typename Store>
+concept PurgesWithoutALimit = requires(Store& store) {
+  store.PurgeExpired();
+};
+template <typename Store>
+concept PurgesWithALimit = requires(Store& store) {
+  store.PurgeExpired(0);
+};
+static_assert(!PurgesWithoutALimit<DedupStore>);
+static_assert(PurgesWithALimit<DedupStore>);
+
+TEST(BigEndian, RoundTripsAndOrdersAsUnsignedBytes) {
+  EXPECT_EQ(internal::BigEndian(0x0102030405060708, 8), "\x01\x02\x03\x04\x05\x06\x07\x08");
+  EXPECT_EQ(internal::BigEndian(0x0102, 2), "\x01\x02");
+  EXPECT_EQ(internal::BigEndian(1, 4), std::string("\0\0\0\x01", 4));
+  for (uint64_t v : {uint64_t{0}, uint64_t{1}, uint64_t{255}, uint64_t{256}, uint64_t{1} << 53,
+                     (uint64_t{1} << 63) - 1, uint64_t{1} << 63, ~uint64_t{0}}) {
+    EXPECT_EQ(internal::LoadBigEndian(internal::BigEndian(v, 8)), v) << v;
+  }
+  // memcmp order is unsigned order: 2^63 sorts above 2^63 - 1 (a signed encoding would not).
+  EXPECT_LT(internal::BigEndian((uint64_t{1} << 63) - 1, 8),
+            internal::BigEndian(uint64_t{1} << 63, 8));
+  const Fingerprint f{.high = 0x0011223344556677, .low = 0x8899aabbccddeeff};
+  EXPECT_EQ(f.ToBytes(), internal::BigEndian(f.high, 8) + internal::BigEndian(f.low, 8));
+  EXPECT_EQ(Fingerprint::FromBytes(f.ToBytes()), f);
+}
 
 TEST(Validation, ScopesAreOneTo128BytesOfASafeAlphabet) {
   IDEM_EXPECT_OK(ValidateScope("billing/order-events"));

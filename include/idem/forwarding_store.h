@@ -57,6 +57,18 @@ class ForwardingStore : public DedupStore {
   }
   StoreStats Stats() const override { return inner_.Stats(); }
   std::string_view BackendName() const override { return inner_.BackendName(); }
+  absl::StatusOr<ListPage> List(const ListRequest& request) override {
+    return inner_.List(request);
+  }
+  absl::Status ResetAttempts(std::string_view scope, std::string_view id,
+                             uint64_t token) override {
+    return inner_.ResetAttempts(scope, id, token);
+  }
+  absl::StatusOr<bool> WaitForCompletion(
+      std::string_view scope, std::string_view id,
+      std::chrono::steady_clock::time_point deadline) override {
+    return inner_.WaitForCompletion(scope, id, deadline);
+  }
 
  protected:
   DedupStore& inner() const { return inner_; }

@@ -1,10 +1,12 @@
 // The in-memory DedupStore: sharded abseil hash maps under mutexes.
 //
 // For tests and for single-process consumers whose dedup window may be lost on restart. It honours
-// every invariant of DESIGN.md §4 within one process, and bounds its memory (I7): once `capacity`
-// dedup records are held, a new claim fails closed with ResourceExhausted, or, with
-// `evict_oldest`, evicts the oldest COMPLETED record of its shard (never a live claim). Both are
-// counted in Stats().
+// every invariant of docs/design.md ("Invariants") within one process, and bounds its memory (I7):
+// once `capacity` dedup records are held, a new claim fails closed with ResourceExhausted, or,
+// with `evict_oldest`, evicts the oldest COMPLETED record of its shard. Only COMPLETED records are
+// evicted: never a claim, live or with an ended lease, nor a RELEASED record, because those hold
+// the attempt count that max_attempts is judged by. When the shard holds no COMPLETED record the
+// claim fails closed as without eviction. Rejections and evictions are counted in Stats().
 //
 // Thread-safety: safe for concurrent use; each shard has its own mutex.
 #ifndef IDEM_MEMORY_STORE_H_
@@ -28,7 +30,8 @@ struct MemoryStoreOptions {
   std::size_t capacity = 1'000'000;
   // Most version-gate keys held at once; past it the gate fails closed (ResourceExhausted).
   std::size_t max_version_keys = 1'000'000;
-  // When full: false (default) fails closed; true evicts the oldest COMPLETED record.
+  // When full: false (default) fails closed; true evicts the oldest COMPLETED record of the
+  // claim's shard, and fails closed when that shard holds none.
   bool evict_oldest = false;
   // How long COMPLETED records are kept when Complete does not say.
   std::chrono::milliseconds retention = kDefaultRetention;

@@ -20,8 +20,9 @@
 //   action       Redis Streams              Kafka                       RabbitMQ (ack/nack broker)
 //   kAck         XACK                       store offset; commit when   basic.ack
 //                                           every earlier one is final
-//   kRedeliver   leave pending, XCLAIM      pause the partition, seek   basic.nack requeue=true
-//   kRetry       again after `delay`        back, resume after `delay`  after `delay` (or a TTL'd
+//   kRedeliver   leave pending, XCLAIM      pause the partition, hold   basic.nack requeue=true
+//   kRetry       again after `delay`        its messages, again after   after `delay` (or a TTL'd
+//                                           `delay`, in offset order
 //                                                                       retry queue)
 //   kDeadLetter  XADD to the dead-letter    produce to the dead-letter  publish to the dead-letter
 //                stream with the reason,    topic with reason headers,  exchange with the reason,

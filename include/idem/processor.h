@@ -26,6 +26,7 @@
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "idem/observer.h"
 #include "idem/store.h"
 #include "idem/types.h"
 
@@ -112,6 +113,15 @@ struct ProcessorOptions {
   // SystemClock() otherwise (SQLite's default; Redis counts in server time, assumed close to this
   // host's wall clock: a skew only shifts when the message is retried). Not owned.
   Clock* store_clock = nullptr;
+  // Receives one ProcessEvent per message (idem/observer.h). nullptr: none, and no cost. Not
+  // owned; must outlive the Processor.
+  ProcessObserver* observer = nullptr;
+  // 0 (default): a delivery that finds a live claim returns kInProgress at once. Otherwise
+  // Process waits up to this long for that claim to end (DedupStore::WaitForCompletion, which
+  // blocks or polls with backoff, never spins), then claims once more: kDuplicate with the stored
+  // result if the first consumer completed, the handler runs if it released or lost its lease,
+  // kInProgress if it still holds the claim. ProcessBatch never waits.
+  std::chrono::milliseconds wait_for_in_flight{0};
 };
 
 class Processor {
@@ -141,6 +151,11 @@ class Processor {
  private:
   Processor(DedupStore& store, std::string scope, ProcessorOptions options)
       : store_(&store), scope_(std::move(scope)), options_(options) {}
+
+  // Process, with kObserved: timing each step and reporting to options_.observer. Two
+  // instantiations, so that the path without an observer reads no clock and builds no event.
+  template <bool kObserved>
+  absl::StatusOr<ProcessResult> ProcessImpl(const Message& message, Handler handler) const;
 
   ClaimRequest MakeClaim(const Message& message) const;
   // OutcomeOfClaim, with retry_after filled in from the store's clock.

@@ -1,4 +1,5 @@
-// DedupStore: the contract every idem backend honours (DESIGN.md §2–§4).
+// DedupStore: the contract every idem backend honours (docs/design.md: "Records and states",
+// "Outcomes", "Invariants").
 //
 // A store keeps, per (scope, message id), a dedup record that moves
 //   absent -> IN_PROGRESS(token, lease_until, attempts) -> COMPLETED(result?, fingerprint?,
@@ -7,15 +8,30 @@
 //
 // Outcomes that a consumer expects in normal operation (duplicate, in progress, stale, conflict,
 // dead-lettered) are values in the results below. A non-OK absl::Status always means the store
-// could not do what was asked and changed nothing that the caller can observe:
-//   InvalidArgument    bad scope, id, key or request (never retried)
-//   Unavailable        the store is down or busy; retry the call with backoff
-//   DeadlineExceeded   the call timed out; the write may or may not have been applied
+// could not do what was asked and changed nothing that the caller can observe (except where a
+// code says the call may have been applied):
+//   InvalidArgument    bad scope, id, key, token, lease or request (never retried)
+//   Unavailable        the store is down, busy or locked; retry the call with backoff. For a
+//                      remote store whose connection broke mid-call, the call may have been
+//                      applied (retry: the claim and the owner checks make that safe)
+//   DeadlineExceeded   the call timed out (Redis I/O timeout, PostgreSQL statement_timeout); the
+//                      write may or may not have been applied
 //   Aborted            the token no longer owns the claim (lease lost); retry from the claim
-//   ResourceExhausted  a capacity bound was reached (in-memory store)
-//   FailedPrecondition schema or configuration mismatch
-//   DataLoss           the store's data is corrupt
+//   ResourceExhausted  a capacity bound was reached: the in-memory store's capacity, a full
+//                      disk or out of memory (SQLite, PostgreSQL), Redis at maxmemory (OOM)
+//   FailedPrecondition schema or configuration mismatch (a newer schema, a read-only database,
+//                      a key of another type, a missing Redis db); in SQLite transactional mode
+//                      also a handler's write refused at COMMIT (a deferred constraint), in
+//                      PostgreSQL a missing table or a read-only server
+//   DataLoss           the store's data is corrupt or not idem's
+//   Unauthenticated    the server refused or requires authentication (Redis NOAUTH, WRONGPASS)
+//   PermissionDenied   the credentials or the file lack a permission (Redis NOPERM; SQLite PERM,
+//                      AUTH; PostgreSQL authentication or privilege errors)
+//   Cancelled          the call was interrupted (SQLite INTERRUPT, e.g. sqlite3_interrupt)
+//   Internal           a reply or state the store cannot explain (an unexpected server reply,
+//                      an unknown SQLite or PostgreSQL error); report it
 //   Unimplemented      the operation or backend is not built
+// The operator calls (List, ResetAttempts) also return NotFound when the id has no record.
 //
 // Thread-safety: every DedupStore implementation is safe to call from several threads at once.
 #ifndef IDEM_STORE_H_
@@ -132,6 +148,49 @@ struct StoreStats {
   uint64_t purged = 0;
 };
 
+// Which records List returns. The filters overlap: a stuck claim is also in progress, and a
+// dead-lettered record is released or stuck.
+enum class ListFilter {
+  kAll,
+  kInProgress,    // IN_PROGRESS, whether its lease is live or not
+  kStuck,         // IN_PROGRESS past its lease: its consumer died or hangs
+  kReleased,      // RELEASED: claimable again at once
+  kDeadLettered,  // not COMPLETED, no live lease, attempts >= ListRequest::max_attempts
+  kCompleted,     // COMPLETED
+};
+std::string_view ListFilterName(ListFilter filter);
+// "all", "in_progress", "stuck", "released", "dead_lettered", "completed"; nullopt otherwise.
+std::optional<ListFilter> ParseListFilter(std::string_view name);
+
+struct ListRequest {
+  std::string_view scope;
+  ListFilter filter = ListFilter::kAll;
+  // kDeadLettered: the consumers' max_attempts. Must be > 0 with that filter.
+  uint32_t max_attempts = 0;
+  // Most records in one page: 1..10000.
+  std::size_t limit = 100;
+  // Empty for the first page, else the `next_cursor` of the previous page. Opaque: its form
+  // depends on the backend.
+  std::string_view cursor;
+};
+
+struct ListedRecord {
+  std::string id;
+  RecordInfo info;
+};
+
+struct ListPage {
+  std::vector<ListedRecord> records;
+  // Empty when the listing is done; else pass it as ListRequest::cursor for the next page.
+  std::string next_cursor;
+};
+
+// Whether `info` matches `filter` at store time `now_ms` (shared by backends that filter in C++).
+bool MatchesListFilter(const RecordInfo& info, ListFilter filter, uint32_t max_attempts,
+                       int64_t now_ms);
+// Validates a list request (scope, filter, limit); InvalidArgument otherwise.
+[[nodiscard]] absl::Status ValidateListRequest(const ListRequest& request);
+
 class DedupStore {
  public:
   virtual ~DedupStore() = default;
@@ -168,7 +227,10 @@ class DedupStore {
 
   // Deletes COMPLETED records past their retention and abandoned claims past their lease and
   // retention, at most `limit` of them (0: no limit). Returns how many were deleted.
-  [[nodiscard]] virtual absl::StatusOr<int64_t> PurgeExpired(int64_t limit = 0) = 0;
+  // InvalidArgument for a negative limit (ValidatePurgeLimit). (No default argument: a default on
+  // a virtual function is bound by the caller's static type, so an override could never change
+  // it.)
+  [[nodiscard]] virtual absl::StatusOr<int64_t> PurgeExpired(int64_t limit) = 0;
 
   // The highest version applied for (scope, key), or nullopt if none was.
   [[nodiscard]] virtual absl::StatusOr<std::optional<uint64_t>> AppliedVersion(
@@ -183,11 +245,41 @@ class DedupStore {
 
   // "memory", "sqlite", "redis", ...
   virtual std::string_view BackendName() const = 0;
+
+  // --- Operator calls (idem-admin) and waiting. Added after the core contract; each has a
+  // default body so that a backend without them still builds (as leveldb's Cache::Prune).
+
+  // One page of the records of `request.scope` that match `request.filter`, in an order the
+  // backend keeps from page to page. Records written while a listing runs may or may not be
+  // seen; a record present throughout is returned at least once (Redis's SCAN may repeat one).
+  // InvalidArgument for a bad request or cursor. The default is Unimplemented.
+  [[nodiscard]] virtual absl::StatusOr<ListPage> List(const ListRequest& request);
+
+  // Clears the attempt count of a dead-lettered record, so that its next delivery is claimed
+  // again (attempt 1). Fenced by `token`, the record's token as Inspect or List showed it: the
+  // record becomes RELEASED with 0 attempts only if it still holds that token and is not a live
+  // claim. NotFound when there is no record; Aborted (no change) when the token differs, i.e. the
+  // record changed since it was read; FailedPrecondition (no change) when it is COMPLETED or a
+  // live claim. The default is Unimplemented.
+  [[nodiscard]] virtual absl::Status ResetAttempts(std::string_view scope, std::string_view id,
+                                                   uint64_t token);
+
+  // Waits until (scope, id) is no longer a live claim (COMPLETED, RELEASED, absent, or its lease
+  // ended) or until `deadline`. Returns true when the claim ended, false at the deadline. It
+  // changes nothing: the caller claims again to learn the outcome. The default polls Inspect with
+  // a growing delay (1 ms doubling to 50 ms), never in a tight loop; backends that can be told
+  // block instead. Errors: those of Inspect.
+  [[nodiscard]] virtual absl::StatusOr<bool> WaitForCompletion(
+      std::string_view scope, std::string_view id,
+      std::chrono::steady_clock::time_point deadline);
 };
 
 // Returns OK if 0 < lease <= 2^40 ms (about 34 years); InvalidArgument otherwise.
 [[nodiscard]] absl::Status ValidateLease(std::chrono::milliseconds lease);
-// Validates a claim request against DESIGN.md §2 (scope, id, lease, version key).
+// Returns OK if limit >= 0 (0: no limit); InvalidArgument otherwise.
+[[nodiscard]] absl::Status ValidatePurgeLimit(int64_t limit);
+// Validates a claim request: scope (ValidateScope), id and version key (ValidateId), lease
+// (ValidateLease).
 [[nodiscard]] absl::Status ValidateClaimRequest(const ClaimRequest& request,
                                                 std::size_t max_id_bytes = kDefaultMaxIdBytes);
 // Validates a complete request (scope, id, version key).

@@ -1,5 +1,6 @@
 // Plain value types shared by every part of idem: payload fingerprints, version stamps, clocks,
-// and the validation rules for scopes, message ids and version keys (docs/design.md, "Records and states").
+// and the validation rules for scopes, message ids and version keys (docs/design.md, "Records and
+// states").
 //
 // Thread-safety: value types are safe to copy and read from any thread. SystemClock() and
 // SteadyClock() are shared and thread-safe; ManualClock is thread-safe (atomic).

@@ -176,7 +176,9 @@ int ChildConsumer::Run() {
     hooks.time = &time_;
     recorded_ = internal::NewFaultInjectingStore(*below, std::move(hooks));
     absl::StatusOr<Processor> p = Processor::Create(
-        *recorded_, scope_, ProcessorOptions{.lease = std::chrono::milliseconds(config_.lease_ms)});
+        *recorded_, scope_,
+        ProcessorOptions{.lease = std::chrono::milliseconds(config_.lease_ms),
+                         .wait_for_in_flight = std::chrono::milliseconds(config_.wait_ms)});
     if (!p.ok()) return 5;
     processor_.emplace(std::move(*p));
   } else {
@@ -353,6 +355,7 @@ absl::Status ProcessRun::Spawn(Slot& slot) {
             absl::StrCat("--reorder-window=", config_.reorder_window),
             absl::StrCat("--lease-ms=", config_.lease_ms),
             absl::StrCat("--batch=", config_.batch),
+            absl::StrCat("--wait-ms=", config_.wait_ms),
             absl::StrCat("--sabotage=", Sv(SabotageName(config_.sabotage)))};
     for (char** e = environ; *e != nullptr; ++e) {
       if (std::string_view(*e).rfind(kChildStoreEnv, 0) != 0) env.push_back(*e);

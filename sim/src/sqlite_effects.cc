@@ -24,18 +24,10 @@ absl::Status Exec(sqlite3* db, const char* sql) {
   return absl::OkStatus();
 }
 
-const char* SynchronousPragma(SqliteSynchronous s) {
-  switch (s) {
-    case SqliteSynchronous::kOff:
-      return "PRAGMA synchronous=OFF";
-    case SqliteSynchronous::kNormal:
-      return "PRAGMA synchronous=NORMAL";
-    case SqliteSynchronous::kFull:
-      return "PRAGMA synchronous=FULL";
-    case SqliteSynchronous::kExtra:
-      return "PRAGMA synchronous=EXTRA";
-  }
-  return "PRAGMA synchronous=FULL";
+// The backend's own names (SqliteSynchronousName), so the effects connection is opened exactly as
+// the store's.
+std::string SynchronousPragma(SqliteSynchronous s) {
+  return "PRAGMA synchronous=" + std::string(SqliteSynchronousName(s));
 }
 
 }  // namespace
@@ -49,7 +41,7 @@ absl::StatusOr<SqliteDb> OpenConnection(const std::string& path, SqliteSynchrono
   if (rc != SQLITE_OK) return SqliteError(raw, absl::StrCat("opening ", path));
   sqlite3_busy_timeout(db.get(), 10'000);
   if (absl::Status s = Exec(db.get(), "PRAGMA journal_mode=WAL"); !s.ok()) return s;
-  if (absl::Status s = Exec(db.get(), SynchronousPragma(synchronous)); !s.ok()) return s;
+  if (absl::Status s = Exec(db.get(), SynchronousPragma(synchronous).c_str()); !s.ok()) return s;
   return db;
 }
 

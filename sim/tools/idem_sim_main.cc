@@ -75,6 +75,9 @@ ABSL_FLAG(uint64_t, seed, kDefaults.seed,
           "Seed of the whole history: the same seed replays the same run.");
 ABSL_FLAG(int64_t, lease_ms, kDefaults.lease_ms,
           "Claim lease in milliseconds (simulated in process, real with --processes).");
+ABSL_FLAG(int64_t, wait_ms, kDefaults.wait_ms,
+          "With --processes: real ms a consumer waits for an in-flight duplicate to finish "
+          "(ProcessorOptions::wait_for_in_flight) instead of answering in progress; 0: no wait.");
 ABSL_FLAG(int32_t, batch, kDefaults.batch,
           "Messages per ProcessBatch call (lease mode); 1: Process.");
 ABSL_FLAG(std::string, sabotage, "none",
@@ -214,6 +217,7 @@ idem::sim::SimConfig ConfigFromFlags() {
   c.outage_rate = absl::GetFlag(FLAGS_outage_rate);
   c.lost_reply_rate = absl::GetFlag(FLAGS_lost_reply_rate);
   c.lease_ms = absl::GetFlag(FLAGS_lease_ms);
+  c.wait_ms = absl::GetFlag(FLAGS_wait_ms);
   c.batch = absl::GetFlag(FLAGS_batch);
   return c;
 }

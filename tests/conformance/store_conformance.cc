@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "idem/processor.h"
+#include "internal/owner.h"
 #include "testing/status_matchers.h"
 
 namespace idem::testing {
@@ -133,6 +134,28 @@ TEST_P(StoreConformance, CompleteOrReleaseOfUnknownIdIsAborted) {
               StatusIs(absl::StatusCode::kAborted));
   EXPECT_THAT(store_->Release(kScope, "never-claimed", 12345),
               StatusIs(absl::StatusCode::kAborted));
+}
+
+TEST_P(StoreConformance, FencedRefusalsSayTheSameWordsInEveryBackendAndAreCounted) {
+  const ClaimResult claim = MustAcquire("m-1");
+  const uint64_t stale_token = claim.token + 1;
+  const uint64_t fenced_before = store_->Stats().fenced;
+  const std::string backend(store_->BackendName());
+  // absl::Status compares code and message.
+  EXPECT_EQ(store_->Complete(CompleteOf("m-1", stale_token)).status(),
+            internal::FencedError(backend, "complete"));
+  EXPECT_EQ(store_->Release(kScope, "m-1", stale_token), internal::FencedError(backend, "release"));
+  EXPECT_EQ(store_->Extend(kScope, "m-1", stale_token, Lease()).status(),
+            internal::FencedError(backend, "extend"));
+  EXPECT_EQ(store_->Stats().fenced, fenced_before + 3);
+  EXPECT_EQ(MustClaim("m-1").status, ClaimStatus::kInProgress) << "a refusal changes nothing";
+}
+
+TEST_P(StoreConformance, NegativePurgeLimitIsInvalidArgumentAndPurgesNothing) {
+  const ClaimResult claim = MustAcquire("m-1");
+  IDEM_ASSERT_OK(store_->Complete(CompleteOf("m-1", claim.token)));
+  EXPECT_THAT(store_->PurgeExpired(-1), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_EQ(MustClaim("m-1").status, ClaimStatus::kDuplicate);
 }
 
 TEST_P(StoreConformance, CompleteTwiceIsAbortedTheSecondTime) {
@@ -605,12 +628,29 @@ TEST_P(StoreConformance, HandlerExtendsItsLeaseAndLearnsWhenItLostIt) {
   IDEM_ASSERT_OK_AND_ASSIGN(
       Processor processor,
       Processor::Create(*store_, std::string(kScope), ProcessorOptions{.lease = Lease()}));
-  IDEM_ASSERT_OK(processor.Process(Message{.id = "long", .payload = "p"}, [&](HandlerContext& c) {
-    harness_->Advance(Lease() / 2);
-    IDEM_EXPECT_OK(c.ExtendLease(Lease() * 4));
-    harness_->Advance(Lease());
-    EXPECT_EQ(MustClaim("long").status, ClaimStatus::kInProgress);
-  }));
+  IDEM_ASSERT_OK_AND_ASSIGN(auto rival, harness_->Open());
+  absl::Status extended = absl::UnknownError("the handler did not run");
+  absl::Status lost = absl::UnknownError("the handler did not run");
+  absl::StatusOr<ProcessResult> result =
+      processor.Process(Message{.id = "long", .payload = "p"}, [&](HandlerContext& c) {
+        harness_->Advance(Lease() / 2);
+        extended = c.ExtendLease(Lease() * 4);
+        // Past the first lease, within the extended one: the claim still holds.
+        harness_->Advance(Lease());
+        EXPECT_EQ(MustClaim("long").status, ClaimStatus::kInProgress) << "the extension holds";
+        // Past the extended lease too: another consumer takes the message over.
+        harness_->Advance(Lease() * 4);
+        IDEM_ASSERT_OK_AND_ASSIGN(ClaimResult takeover,
+                                  rival->Claim(ClaimOf("long", Lease() * 20)));
+        EXPECT_EQ(takeover.status, ClaimStatus::kAcquired);
+        EXPECT_TRUE(takeover.took_over);
+        // The handler learns it lost the claim the next time it extends.
+        lost = c.ExtendLease(Lease() * 4);
+      });
+  IDEM_EXPECT_OK(extended);
+  EXPECT_THAT(lost, StatusIs(absl::StatusCode::kAborted));
+  EXPECT_THAT(result, StatusIs(absl::StatusCode::kAborted)) << "its completion is fenced too";
+  EXPECT_EQ(MustClaim("long").status, ClaimStatus::kInProgress) << "the rival owns the claim";
 }
 
 TEST_P(StoreConformance, ProcessBatchGivesPerMessageOutcomesAndRunsEachHandlerOnce) {
@@ -625,6 +665,13 @@ TEST_P(StoreConformance, ProcessBatchGivesPerMessageOutcomesAndRunsEachHandlerOn
     c.set_result("r-" + std::string(c.message_id()));
   };
   auto first = processor.ProcessBatch(std::span<const Message>(messages.data(), 5), handler);
+  ASSERT_EQ(first.size(), 5u);
+  for (std::size_t i = 0; i < first.size(); ++i) {
+    IDEM_ASSERT_OK(first[i]);
+    EXPECT_EQ(first[i]->outcome, Outcome::kProcessed) << i;
+    EXPECT_EQ(first[i]->attempt, 1u) << i;
+    EXPECT_THAT(first[i]->result, Optional(Eq(absl::StrCat("r-", ids[i])))) << i;
+  }
   auto second = processor.ProcessBatch(messages, handler);
   ASSERT_EQ(second.size(), messages.size());
   for (std::size_t i = 0; i < messages.size(); ++i) {
@@ -660,9 +707,8 @@ TEST_P(StoreConformance, ProcessBatchRenewsLateClaimsAndSkipsOnesLostMeanwhile) 
       Processor::Create(*store_, std::string(kScope),
                         ProcessorOptions{.lease = Lease(), .clock = &batch_clock}));
   IDEM_ASSERT_OK_AND_ASSIGN(auto rival, harness_->Open());
-  std::vector<Message> messages = {{.id = "r-0", .payload = "0"},
-                                   {.id = "r-1", .payload = "1"},
-                                   {.id = "r-2", .payload = "2"}};
+  std::vector<Message> messages = {
+      {.id = "r-0", .payload = "0"}, {.id = "r-1", .payload = "1"}, {.id = "r-2", .payload = "2"}};
   std::set<std::string> ran;
   auto out = processor.ProcessBatch(messages, [&](HandlerContext& c) {
     ran.insert(std::string(c.message_id()));
@@ -701,6 +747,36 @@ TEST_P(StoreConformance, ProcessBatchCompletesHandledAndReleasesTheRestWhenAHand
   const ClaimResult t2 = MustClaim("t-2");
   EXPECT_EQ(t2.status, ClaimStatus::kAcquired);
   EXPECT_EQ(t2.attempt, 2u);
+}
+
+// Every claim of a batch passes the gate against what was applied before the batch; an older
+// version that follows a newer one of the same key in the batch must still not run its handler.
+TEST_P(StoreConformance, ProcessBatchNeverRunsAVersionOlderThanOneItAlreadyRan) {
+  IDEM_ASSERT_OK_AND_ASSIGN(Processor processor, Processor::Create(*store_, std::string(kScope)));
+  std::vector<Message> messages = {
+      {.id = "v-8", .payload = "8", .version = VersionStamp{"user-b", 8}},
+      {.id = "v-7", .payload = "7", .version = VersionStamp{"user-b", 7}},
+      {.id = "w-3", .payload = "3", .version = VersionStamp{"user-c", 3}},
+      {.id = "v-8-again", .payload = "8b", .version = VersionStamp{"user-b", 8}},
+      {.id = "v-9", .payload = "9", .version = VersionStamp{"user-b", 9}}};
+  std::set<std::string> ran;
+  auto out = processor.ProcessBatch(
+      messages, [&](HandlerContext& c) { ran.insert(std::string(c.message_id())); });
+  ASSERT_EQ(out.size(), messages.size());
+  const Outcome expected[] = {Outcome::kProcessed, Outcome::kStale, Outcome::kProcessed,
+                              Outcome::kStale, Outcome::kProcessed};
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    IDEM_ASSERT_OK(out[i]) << i;
+    EXPECT_EQ(out[i]->outcome, expected[i]) << messages[i].id;
+  }
+  EXPECT_EQ(ran, (std::set<std::string>{"v-8", "w-3", "v-9"}));
+  IDEM_ASSERT_OK_AND_ASSIGN(auto applied, store_->AppliedVersion(kScope, "user-b"));
+  EXPECT_THAT(applied, Optional(Eq(uint64_t{9})));
+  // The superseded claim was released, not left to its lease: a redelivery is refused at once.
+  IDEM_ASSERT_OK_AND_ASSIGN(
+      const ClaimResult again,
+      store_->Claim({.scope = kScope, .id = "v-7", .version = VersionStamp{"user-b", 7}}));
+  EXPECT_EQ(again.status, ClaimStatus::kStale);
 }
 
 }  // namespace

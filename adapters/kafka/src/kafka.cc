@@ -4,8 +4,10 @@
 
 #include <algorithm>
 #include <charconv>
+#include <deque>
 #include <exception>
 #include <map>
+#include <set>
 #include <string>
 #include <thread>
 #include <utility>
@@ -82,9 +84,11 @@ void DeliveryReport(rd_kafka_t*, const rd_kafka_message_t* m, void*) {
 
 class KafkaConsumer::Impl {
  public:
+  // A partition that waits: fetching is paused, and its messages from the first one without a
+  // final outcome on are held here, in offset order, to be handed out again when the delay is over.
   struct Paused {
     int64_t resume_at_ms = 0;
-    int64_t offset = 0;  // where the partition resumes
+    std::deque<MessagePtr> held;
   };
 
   KafkaConsumerOptions options;
@@ -102,47 +106,48 @@ class KafkaConsumer::Impl {
   static void Rebalance(rd_kafka_t* rk, rd_kafka_resp_err_t err,
                         rd_kafka_topic_partition_list_t* parts, void* opaque) {
     auto* self = static_cast<Impl*>(opaque);
+    // A revoked partition's held messages are dropped: their offsets were never stored, so its
+    // next owner (maybe this consumer again) fetches them from the committed offset.
     for (int i = 0; i < parts->cnt; ++i) {
       self->paused.erase({parts->elems[i].topic, parts->elems[i].partition});
     }
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
       (void)rd_kafka_assign(rk, parts);
+      // librdkafka keeps a partition's pause flag across a rebalance: a partition this consumer
+      // paused (to hold a message) and gets back would never be fetched again. Nothing is held
+      // for it any more (above), so it starts unpaused.
+      (void)rd_kafka_resume_partitions(rk, parts);
     } else {
       (void)rd_kafka_assign(rk, nullptr);
     }
   }
 
-  // Pauses the partition; when the delay is over it is resumed and sought back to `offset`
-  // (with no poll in between, so nothing after `offset` is handed out first). Messages of it
-  // fetched meanwhile are dropped: they come again after the seek.
-  void PauseAndSeek(const std::string& topic, int32_t partition, int64_t offset,
-                    milliseconds delay) {
-    ListPtr list(rd_kafka_topic_partition_list_new(1));
-    rd_kafka_topic_partition_list_add(list.get(), topic.c_str(), partition);
-    (void)rd_kafka_pause_partitions(consumer.get(), list.get());
-    paused[{topic, partition}] = Paused{.resume_at_ms = NowMs() + delay.count(), .offset = offset};
+  // Pauses fetching of the partition and holds `messages` (its messages from the first one
+  // without a final outcome on) until the delay is over. No seek: librdkafka keeps its position,
+  // the held messages are the ones between the last stored offset and that position.
+  void Hold(const PartitionKey& pk, std::vector<MessagePtr> messages, milliseconds delay) {
+    auto [it, fresh] = paused.try_emplace(pk);
+    if (fresh) {
+      ListPtr list(rd_kafka_topic_partition_list_new(1));
+      rd_kafka_topic_partition_list_add(list.get(), pk.first.c_str(), pk.second);
+      (void)rd_kafka_pause_partitions(consumer.get(), list.get());
+    }
+    it->second.resume_at_ms = NowMs() + delay.count();
+    for (auto m = messages.rbegin(); m != messages.rend(); ++m) {
+      it->second.held.push_front(std::move(*m));
+    }
   }
 
-  void ResumeDue() {
-    const int64_t now = NowMs();
+  // Resumes fetching of partitions that hold nothing any more.
+  void ResumeDrained() {
     for (auto it = paused.begin(); it != paused.end();) {
-      if (it->second.resume_at_ms > now) {
+      if (!it->second.held.empty()) {
         ++it;
         continue;
       }
       ListPtr list(rd_kafka_topic_partition_list_new(1));
-      rd_kafka_topic_partition_list_add(list.get(), it->first.first.c_str(), it->first.second)
-          ->offset = it->second.offset;
+      rd_kafka_topic_partition_list_add(list.get(), it->first.first.c_str(), it->first.second);
       (void)rd_kafka_resume_partitions(consumer.get(), list.get());
-      rd_kafka_error_t* error = rd_kafka_seek_partitions(consumer.get(), list.get(), 5'000);
-      if (error != nullptr || list->elems[0].err != RD_KAFKA_RESP_ERR_NO_ERROR) {
-        // Not sought back: pause again and retry shortly, never fetch past the message.
-        if (error != nullptr) rd_kafka_error_destroy(error);
-        (void)rd_kafka_pause_partitions(consumer.get(), list.get());
-        it->second.resume_at_ms = now + 100;
-        ++it;
-        continue;
-      }
       it = paused.erase(it);
     }
   }
@@ -250,17 +255,30 @@ absl::StatusOr<std::unique_ptr<KafkaConsumer>> KafkaConsumer::Create(KafkaConsum
 
 absl::StatusOr<int> KafkaConsumer::PollOnce() {
   Impl& im = *impl_;
-  im.ResumeDue();
+  const int limit = im.isolate > 0 ? 1 : im.options.batch;
   std::vector<MessagePtr> batch;
-  rd_kafka_message_t* m = rd_kafka_consumer_poll(im.consumer.get(),
-                                                 static_cast<int>(im.options.poll_timeout.count()));
+  const int64_t now = NowMs();
+  for (auto& [pk, p] : im.paused) {
+    if (p.resume_at_ms > now) continue;
+    while (!p.held.empty() && static_cast<int>(batch.size()) < limit) {
+      batch.push_back(std::move(p.held.front()));
+      p.held.pop_front();
+    }
+  }
+  rd_kafka_message_t* m = rd_kafka_consumer_poll(
+      im.consumer.get(), batch.empty() ? static_cast<int>(im.options.poll_timeout.count()) : 0);
   while (m != nullptr) {
     MessagePtr msg(m);
-    if (msg->err == RD_KAFKA_RESP_ERR_NO_ERROR &&
-        im.paused.count({rd_kafka_topic_name(msg->rkt), msg->partition}) == 0) {
-      batch.push_back(std::move(msg));  // fetched before a pause took effect: comes again
+    if (msg->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+      const PartitionKey pk{rd_kafka_topic_name(msg->rkt), msg->partition};
+      auto it = im.paused.find(pk);
+      if (it != im.paused.end()) {
+        it->second.held.push_back(std::move(msg));  // fetched before the pause: keep the order
+      } else {
+        batch.push_back(std::move(msg));
+      }
     }
-    if (static_cast<int>(batch.size()) >= (im.isolate > 0 ? 1 : im.options.batch)) break;
+    if (static_cast<int>(batch.size()) >= limit) break;
     m = rd_kafka_consumer_poll(im.consumer.get(), 0);
   }
   if (batch.empty()) return 0;
@@ -322,30 +340,52 @@ absl::StatusOr<int> KafkaConsumer::PollOnce() {
   // pause and seek back there.
   std::map<PartitionKey, int64_t> store;
   std::map<PartitionKey, bool> blocked;
+  // Each partition's messages of this batch from `first[pk]` on, to hold.
+  std::map<PartitionKey, std::vector<MessagePtr>> hold;
+  std::map<PartitionKey, milliseconds> hold_delay;
   if (thrown.has_value()) {
     ++stats_.handler_errors;
     im.isolate = im.options.batch;
     for (size_t i = 0; i < n; ++i) {
       const PartitionKey pk{std::string(records[i].topic), records[i].partition};
-      if (blocked[pk]) continue;
-      blocked[pk] = true;
       const std::string tkey = absl::StrCat(pk.first, "/", pk.second, "/", records[i].offset);
-      const uint32_t t = ++im.tries[tkey];
-      im.PauseAndSeek(pk.first, pk.second, records[i].offset,
-                      im.policy.DecideHandlerError(*thrown, t).delay);
-      ++stats_.paused;
+      if (hold.count(pk) == 0) {
+        const uint32_t t = ++im.tries[tkey];
+        hold_delay[pk] = im.policy.DecideHandlerError(*thrown, t).delay;
+        ++stats_.paused;
+      }
+      hold[pk].push_back(std::move(batch[i]));
     }
+    for (auto& [pk, msgs] : hold) im.Hold(pk, std::move(msgs), hold_delay[pk]);
+    im.ResumeDrained();
     return static_cast<int>(messages.size());
+  }
+  // Ids this batch claimed and completed itself. A later copy of one of them in the same batch
+  // (a producer retry that wrote the record twice, back to back) found that claim still open and
+  // got kInProgress with the lease's end as its delay; the claim is completed now, so the copy is
+  // retried at once (it comes back kDuplicate) instead of stalling its partition for a lease.
+  std::set<std::string_view> completed_here;
+  for (size_t j = 0; j < results.size(); ++j) {
+    if (results[j].ok() && results[j]->outcome == Outcome::kProcessed) {
+      completed_here.insert(messages[j].id);
+    }
   }
   size_t k = 0;
   for (size_t i = 0; i < n; ++i) {
     const PartitionKey pk{std::string(records[i].topic), records[i].partition};
     const bool in_batch = k < index_of.size() && index_of[k] == i;
     const absl::StatusOr<ProcessResult>* result = in_batch ? &results[k++] : nullptr;
-    if (blocked[pk]) continue;
+    if (blocked[pk]) {
+      hold[pk].push_back(std::move(batch[i]));
+      continue;
+    }
     const std::string tkey = absl::StrCat(pk.first, "/", pk.second, "/", records[i].offset);
     const uint32_t t = im.tries[tkey] + 1;
     Decision d = early[i].has_value() ? *early[i] : im.policy.Decide(*result, t);
+    if (result != nullptr && result->ok() && (*result)->outcome == Outcome::kInProgress &&
+        completed_here.count(ids[i]) != 0) {
+      d.delay = milliseconds(0);
+    }
     if (result != nullptr) {
       if (!result->ok()) {
         if (result->status().code() != absl::StatusCode::kInvalidArgument) ++stats_.store_errors;
@@ -375,7 +415,8 @@ absl::StatusOr<int> KafkaConsumer::PollOnce() {
     } else {
       im.tries[tkey] = t;
       blocked[pk] = true;
-      im.PauseAndSeek(pk.first, pk.second, records[i].offset, d.delay);
+      hold_delay[pk] = d.delay;
+      hold[pk].push_back(std::move(batch[i]));
       ++stats_.paused;
     }
   }
@@ -388,6 +429,8 @@ absl::StatusOr<int> KafkaConsumer::PollOnce() {
       stats_.stored += store.size();
     }
   }
+  for (auto& [pk, msgs] : hold) im.Hold(pk, std::move(msgs), hold_delay[pk]);
+  im.ResumeDrained();
   return static_cast<int>(messages.size());
 }
 

@@ -27,6 +27,7 @@
 #include "idem/processor.h"
 #include "idem/redis_store.h"
 #include "redis_test_server.h"
+#include "streams_harness.h"
 #include "testing/status_matchers.h"
 
 namespace idem {
@@ -34,65 +35,9 @@ namespace {
 
 using std::chrono::milliseconds;
 
-struct ReplyDeleter {
-  void operator()(redisReply* r) const { freeReplyObject(r); }
-};
-using ReplyPtr = std::unique_ptr<redisReply, ReplyDeleter>;
-
+using streams_harness::ReplyPtr;
 // A plain hiredis connection for the test's own commands (producing, reading streams back).
-class Redis {
- public:
-  explicit Redis(int port) : ctx_(redisConnect("127.0.0.1", port), &redisFree) {}
-  bool ok() const { return ctx_ != nullptr && ctx_->err == 0; }
-
-  ReplyPtr Cmd(const std::vector<std::string>& args) {
-    std::vector<const char*> argv;
-    std::vector<size_t> lens;
-    for (const std::string& a : args) {
-      argv.push_back(a.data());
-      lens.push_back(a.size());
-    }
-    return ReplyPtr(static_cast<redisReply*>(
-        redisCommandArgv(ctx_.get(), static_cast<int>(args.size()), argv.data(), lens.data())));
-  }
-  long long Int(const std::vector<std::string>& args) {
-    ReplyPtr r = Cmd(args);
-    return r != nullptr && r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
-  }
-  std::string Add(const std::string& stream, const std::vector<std::string>& fields) {
-    std::vector<std::string> args = {"XADD", stream, "*"};
-    args.insert(args.end(), fields.begin(), fields.end());
-    ReplyPtr r = Cmd(args);
-    return r != nullptr && r->type == REDIS_REPLY_STRING ? std::string(r->str, r->len) : "";
-  }
-  // XRANGE - +: entry id -> fields.
-  std::vector<std::pair<std::string, std::map<std::string, std::string>>> Range(
-      const std::string& stream) {
-    std::vector<std::pair<std::string, std::map<std::string, std::string>>> out;
-    ReplyPtr r = Cmd({"XRANGE", stream, "-", "+"});
-    if (r == nullptr || r->type != REDIS_REPLY_ARRAY) return out;
-    for (size_t i = 0; i < r->elements; ++i) {
-      const redisReply* e = r->element[i];
-      std::map<std::string, std::string> fields;
-      const redisReply* f = e->element[1];
-      for (size_t k = 0; k + 1 < f->elements; k += 2) {
-        fields[std::string(f->element[k]->str, f->element[k]->len)] =
-            std::string(f->element[k + 1]->str, f->element[k + 1]->len);
-      }
-      out.emplace_back(std::string(e->element[0]->str, e->element[0]->len), std::move(fields));
-    }
-    return out;
-  }
-  // XPENDING's count of entries delivered and not acked.
-  long long Pending(const std::string& stream, const std::string& group) {
-    ReplyPtr r = Cmd({"XPENDING", stream, group});
-    if (r == nullptr || r->type != REDIS_REPLY_ARRAY || r->elements < 1) return -1;
-    return r->element[0]->integer;
-  }
-
- private:
-  std::unique_ptr<redisContext, decltype(&redisFree)> ctx_;
-};
+using Redis = streams_harness::RedisClient;
 
 std::string Unique(std::string_view what) {
   return absl::StrCat("rs-", std::string(what), "-", getpid(), "-",
@@ -286,184 +231,40 @@ TEST(RedisStreamsTest, StoreDownLeavesEntriesPendingAndRetries) {
 
 // ---- consumer processes, SIGKILLed at random points -------------------------------------------
 
-struct Spec {
-  std::string id;
-  std::vector<std::string> fields;
-  enum Kind { kNormal, kDuplicate, kConflict, kPoison } kind = kNormal;
-};
+using streams_harness::ConsumerFleet;
+using streams_harness::Spec;
 
-class KillHarness {
- public:
-  KillHarness(std::string mode, std::string path, int lease_ms)
-      : mode_(std::move(mode)), path_(std::move(path)), lease_ms_(lease_ms),
-        stream_(Unique(mode_)), rng_(12345 + getpid()) {}
-  ~KillHarness() {
-    for (pid_t pid : alive_) {
-      kill(pid, SIGKILL);
-      waitpid(pid, nullptr, 0);
-    }
-  }
-
-  pid_t Spawn() {
-    const std::string consumer = absl::StrCat("c", next_++);
-    const std::string port = std::to_string(testing::FixturePort());
-    const std::string lease = std::to_string(lease_ms_);
-    const pid_t pid = fork();
-    if (pid == 0) {
-      execl(IDEM_STREAM_WORKER, IDEM_STREAM_WORKER, port.c_str(), stream_.c_str(), "g",
-            consumer.c_str(), mode_.c_str(), path_.c_str(), lease.c_str(), "3", nullptr);
-      _exit(127);
-    }
-    alive_.push_back(pid);
-    return pid;
-  }
-
-  void KillOne() {
-    std::uniform_int_distribution<size_t> pick(0, alive_.size() - 1);
-    const size_t i = pick(rng_);
-    const pid_t pid = alive_[i];
-    kill(pid, SIGKILL);
-    waitpid(pid, nullptr, 0);
-    killed_.insert(pid);
-    alive_.erase(alive_.begin() + static_cast<long>(i));
-    Spawn();
-  }
-
-  // Produces `specs` in chunks with random SIGKILLs in between, then waits until every entry
-  // has an outcome and nothing is pending, and stops the consumers with SIGTERM.
-  void Run(Redis& redis, const std::vector<Spec>& specs, int consumers, int kills) {
-    for (int i = 0; i < consumers; ++i) Spawn();
-    // Three chunks of entries; the kills fall 20-80 ms apart while the consumers work through them.
-    const size_t chunk = (specs.size() + 2) / 3;
-    int done_kills = 0;
-    std::uniform_int_distribution<int> pause(20, 80);
-    for (size_t i = 0; i < specs.size(); i += chunk) {
-      for (size_t k = i; k < std::min(specs.size(), i + chunk); ++k) {
-        std::vector<std::string> fields = {"id", specs[k].id};
-        fields.insert(fields.end(), specs[k].fields.begin(), specs[k].fields.end());
-        entry_ids_.push_back(redis.Add(stream_, fields));
-        ASSERT_FALSE(entry_ids_.back().empty());
-      }
-      const int kills_now = i + chunk >= specs.size() ? kills - done_kills : kills / 4;
-      for (int k = 0; k < kills_now; ++k) {
-        std::this_thread::sleep_for(milliseconds(pause(rng_)));
-        KillOne();
-        ++done_kills;
-      }
-    }
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(40);
-    while (std::chrono::steady_clock::now() < deadline &&
-           !(redis.Pending(stream_, "g") == 0 &&
-             redis.Int({"XLEN", stream_ + ":outcomes"}) >= static_cast<long long>(specs.size()))) {
-      std::this_thread::sleep_for(milliseconds(100));
-    }
-    for (pid_t pid : alive_) kill(pid, SIGTERM);
-    for (pid_t pid : alive_) {
-      int status = 0;
-      waitpid(pid, &status, 0);
-      EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "consumer pid " << pid;
-    }
-    alive_.clear();
-    EXPECT_EQ(done_kills, kills);
-  }
-
-  const std::string& stream() const { return stream_; }
-  const std::vector<std::string>& entry_ids() const { return entry_ids_; }
-  const std::set<pid_t>& killed() const { return killed_; }
-
- private:
-  std::string mode_;
-  std::string path_;
-  int lease_ms_;
-  std::string stream_;
-  std::mt19937 rng_;
-  int next_ = 0;
-  std::vector<pid_t> alive_;
-  std::set<pid_t> killed_;
-  std::vector<std::string> entry_ids_;
-};
-
-// 200 ids, 30 producer duplicates, 5 conflicting payloads and (with_poison) 5 poison entries,
-// shuffled within a small window.
-std::vector<Spec> MakeSpecs(bool with_poison) {
-  std::vector<Spec> specs;
-  for (int i = 0; i < 200; ++i) specs.push_back({absl::StrCat("m", i), {"body", absl::StrCat("p", i)}});
-  for (int i = 0; i < 30; ++i) {
-    const int j = i * 6;
-    specs.insert(specs.begin() + j + 3, Spec{absl::StrCat("m", j), {"body", absl::StrCat("p", j)},
-                                             Spec::kDuplicate});
-  }
-  for (int i = 0; i < 5; ++i) {
-    const int j = 7 + i * 37;
-    specs.push_back({absl::StrCat("m", j), {"body", "other"}, Spec::kConflict});
-  }
-  if (with_poison) {
-    for (int i = 0; i < 5; ++i) {
-      specs.insert(specs.begin() + 20 + i * 40,
-                   Spec{absl::StrCat("x", i), {"body", "?", "poison", "1"}, Spec::kPoison});
-    }
-  }
-  return specs;
+// The fleet of stream_worker processes the kill tests SIGKILL: 4 consumers, 10 kills.
+streams_harness::FleetOptions Fleet(const std::string& mode, const std::string& path) {
+  streams_harness::FleetOptions o;
+  o.worker = IDEM_STREAM_WORKER;
+  o.port = testing::FixturePort();
+  o.stream = Unique(mode);
+  o.mode = mode;
+  o.path = path;
+  o.lease_ms = 600;
+  o.max_attempts = 3;
+  o.seed = 12345 + static_cast<uint32_t>(getpid());
+  return o;
 }
 
-// What every kill test checks of the streams: each entry has exactly one final outcome, nothing
-// is pending, and the dead-letter stream holds exactly the poison entries plus one entry of each
-// conflicting pair. Returns entry id -> outcome.
-std::map<std::string, std::string> CheckStreams(Redis& redis, const KillHarness& h,
-                                                const std::vector<Spec>& specs) {
-  std::map<std::string, std::string> outcome;
-  std::map<std::string, int> count;
-  for (const auto& [id, f] : redis.Range(h.stream() + ":outcomes")) {
-    outcome[f.at("entry")] = f.at("outcome");
-    ++count[f.at("entry")];
-  }
-  EXPECT_EQ(redis.Pending(h.stream(), "g"), 0);
-  EXPECT_EQ(outcome.size(), specs.size());
-  for (const std::string& e : h.entry_ids()) EXPECT_EQ(count[e], 1) << "entry " << e;
+// 200 ids, 30 producer duplicates, 5 conflicting payloads and (with_poison) 5 poison entries.
+std::vector<Spec> MakeSpecs(bool with_poison) {
+  return streams_harness::MakeSpecs(200, 30, 5, with_poison ? 5 : 0);
+}
 
-  std::map<std::string, std::string> dead;  // entry -> reason
-  for (const auto& [id, f] : redis.Range(h.stream() + ":dead-letter")) {
-    EXPECT_EQ(dead.count(f.at("idem_source_id")), 0u) << "dead-lettered twice";
-    dead[f.at("idem_source_id")] = f.at("idem_reason");
-  }
-  std::map<std::string, std::vector<size_t>> by_id;
-  for (size_t k = 0; k < specs.size(); ++k) by_id[specs[k].id].push_back(k);
-  size_t expected_dead = 0;
-  for (size_t k = 0; k < specs.size(); ++k) {
-    const std::string& e = h.entry_ids()[k];
-    if (specs[k].kind == Spec::kPoison) {
-      ++expected_dead;
-      EXPECT_EQ(dead[e], "max_attempts") << specs[k].id;
-      EXPECT_EQ(outcome[e], "dead_lettered");
-    }
-  }
-  for (const auto& [id, ks] : by_id) {
-    int processed = 0, conflicts = 0;
-    bool has_conflict = false;
-    for (size_t k : ks) {
-      const std::string& e = h.entry_ids()[k];
-      if (specs[k].kind == Spec::kPoison) continue;
-      has_conflict |= specs[k].kind == Spec::kConflict;
-      const std::string& o = outcome[e];
-      if (o == "processed") ++processed;
-      if (o == "conflict") {
-        ++conflicts;
-        EXPECT_EQ(dead[e], "conflict");
-      } else {
-        EXPECT_TRUE(o == "processed" || o == "duplicate") << id << ": " << o;
-        EXPECT_EQ(dead.count(e), 0u) << id;
-      }
-    }
-    EXPECT_LE(processed, 1) << id;
-    if (has_conflict) {
-      EXPECT_EQ(conflicts, 1) << id;  // one of the two payloads lost: exactly one dead letter
-      ++expected_dead;
-    } else {
-      EXPECT_EQ(conflicts, 0) << id;
-    }
-  }
-  EXPECT_EQ(dead.size(), expected_dead);
-  return outcome;
+// What every kill test checks of the streams (streams_harness::CheckStreams): each entry has
+// exactly one final outcome, nothing is pending, and the dead-letter stream holds exactly the
+// poison entries plus one entry of each conflicting pair.
+streams_harness::StreamReport CheckStreams(Redis& redis, const ConsumerFleet& h,
+                                           const std::vector<Spec>& specs) {
+  streams_harness::StreamReport r =
+      streams_harness::CheckStreams(redis, h.stream(), h.entry_ids(), specs);
+  EXPECT_EQ(r.pending, 0);
+  EXPECT_EQ(r.outcome.size(), specs.size());
+  EXPECT_EQ(r.dead_letters, r.expected_dead_letters);
+  for (const std::string& v : r.violations) ADD_FAILURE() << v;
+  return r;
 }
 
 TEST(RedisStreamsKillTest, LeaseModeEveryEntryOneOutcomeNoUnexplainedRun) {
@@ -471,45 +272,29 @@ TEST(RedisStreamsKillTest, LeaseModeEveryEntryOneOutcomeNoUnexplainedRun) {
   ASSERT_TRUE(redis.ok());
   const std::string ledger = ::testing::TempDir() + Unique("ledger");
   const std::vector<Spec> specs = MakeSpecs(/*with_poison=*/true);
-  KillHarness h("lease", ledger, 600);
-  h.Run(redis, specs, /*consumers=*/4, /*kills=*/10);
-  const std::map<std::string, std::string> outcomes = CheckStreams(redis, h, specs);
+  ConsumerFleet h(Fleet("lease", ledger));
+  for (const std::string& p : h.Run(redis, specs, /*consumers=*/4, /*kills=*/10)) {
+    ADD_FAILURE() << p;
+  }
+  EXPECT_EQ(h.killed().size(), 10u);
+  const streams_harness::StreamReport streams = CheckStreams(redis, h, specs);
+  EXPECT_EQ(streams.dead_lettered, 5u);
+  EXPECT_EQ(streams.conflicts, 5u);
 
   // The effect ledger: every id ran; a second run of an id is explained only by a SIGKILLed
   // process's run before it; the completed record's token is the last run's.
-  std::map<std::string, std::vector<std::pair<uint64_t, pid_t>>> runs;
-  std::ifstream in(ledger);
-  std::string id;
-  uint64_t token = 0;
-  pid_t pid = 0;
-  while (in >> id >> token >> pid) runs[id].push_back({token, pid});
   RedisStoreOptions so;
   so.port = testing::FixturePort();
   so.key_prefix = "idem-" + h.stream();
   IDEM_ASSERT_OK_AND_ASSIGN(auto store, NewRedisStore(so));
-  int extra_runs = 0, unexplained = 0;
-  for (const Spec& s : specs) {
-    if (s.kind == Spec::kPoison) {
-      EXPECT_EQ(runs.count(s.id), 0u);
-      continue;
-    }
-    const auto& r = runs[s.id];
-    ASSERT_FALSE(r.empty()) << s.id << " never ran";
-    IDEM_ASSERT_OK_AND_ASSIGN(std::optional<RecordInfo> info, store->Inspect("rs-test", s.id));
-    ASSERT_TRUE(info.has_value()) << s.id;
-    EXPECT_EQ(info->state, RecordState::kCompleted) << s.id;
-    EXPECT_EQ(info->token, r.back().first) << s.id << ": a run after the completion";
-    for (size_t k = 0; k + 1 < r.size(); ++k) {
-      ++extra_runs;
-      if (h.killed().count(r[k].second) == 0) ++unexplained;
-    }
-  }
-  runs.clear();
-  EXPECT_EQ(unexplained, 0);
-  std::printf("lease mode: %zu entries, %zu kills, %d extra runs all explained by a kill, %ld "
-              "duplicates acked\n", specs.size(), h.killed().size(), extra_runs,
-              std::count_if(outcomes.begin(), outcomes.end(),
-                            [](const auto& o) { return o.second == "duplicate"; }));
+  const streams_harness::LedgerReport ledger_report =
+      streams_harness::CheckLedger(ledger, specs, h.killed(), *store, "rs-test");
+  EXPECT_GE(ledger_report.runs, 200u);
+  EXPECT_EQ(ledger_report.unexplained, 0u);
+  for (const std::string& v : ledger_report.violations) ADD_FAILURE() << v;
+  std::printf("lease mode: %zu entries, %zu kills, %zu extra runs all explained by a kill, %zu "
+              "duplicates acked\n", specs.size(), h.killed().size(), ledger_report.extra_runs,
+              streams.duplicates);
   std::remove(ledger.c_str());
 }
 
@@ -518,13 +303,15 @@ TEST(RedisStreamsKillTest, TransactionalModeNoDoubleEffect) {
   ASSERT_TRUE(redis.ok());
   const std::string db_path = ::testing::TempDir() + Unique("tx") + ".db";
   const std::vector<Spec> specs = MakeSpecs(/*with_poison=*/false);
-  KillHarness h("tx", db_path, 600);
-  h.Run(redis, specs, /*consumers=*/4, /*kills=*/10);
-  const std::map<std::string, std::string> outcomes = CheckStreams(redis, h, specs);
-  std::printf("transactional mode: %zu entries, %zu kills, %ld duplicates acked\n", specs.size(),
-              h.killed().size(),
-              std::count_if(outcomes.begin(), outcomes.end(),
-                            [](const auto& o) { return o.second == "duplicate"; }));
+  ConsumerFleet h(Fleet("tx", db_path));
+  for (const std::string& p : h.Run(redis, specs, /*consumers=*/4, /*kills=*/10)) {
+    ADD_FAILURE() << p;
+  }
+  EXPECT_EQ(h.killed().size(), 10u);
+  const streams_harness::StreamReport streams = CheckStreams(redis, h, specs);
+  EXPECT_EQ(streams.dead_lettered, 0u);
+  std::printf("transactional mode: %zu entries, %zu kills, %zu duplicates acked\n", specs.size(),
+              h.killed().size(), streams.duplicates);
 
   sqlite3* raw = nullptr;
   ASSERT_EQ(sqlite3_open(db_path.c_str(), &raw), SQLITE_OK);

@@ -3,6 +3,7 @@
 #include <poll.h>
 
 #include <cstring>
+#include <span>
 #include <string>
 #include <utility>
 
@@ -12,19 +13,19 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/strip.h"
+#include "internal/big_endian.h"
 #include "internal/strings.h"
 
 namespace idem::internal::pg {
 namespace {
 
-void PutBigEndian(char* out, uint64_t value, int bytes) {
-  for (int i = 0; i < bytes; ++i) out[i] = static_cast<char>(value >> (8 * (bytes - 1 - i)));
+// libpq's binary format: integers big-endian (internal/big_endian.h).
+void PutBigEndian(char* out, uint64_t value, std::size_t bytes) {
+  StoreBigEndian(value, std::span<char>(out, bytes));
 }
 
-uint64_t GetBigEndian(const char* in, int bytes) {
-  uint64_t value = 0;
-  for (int i = 0; i < bytes; ++i) value = (value << 8) | static_cast<unsigned char>(in[i]);
-  return value;
+uint64_t GetBigEndian(const char* in, std::size_t bytes) {
+  return LoadBigEndian(std::string_view(in, bytes));
 }
 
 absl::Status StatusForCode(absl::StatusCode code, std::string message) {

@@ -31,9 +31,12 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "idem/postgres_store.h"
+#include "internal/owner.h"
 #include "internal/store_counters.h"
 #include "internal/strings.h"
 #include "internal/token.h"
+#include "internal/list_cursor.h"
+#include "pg_admin.h"
 #include "pg_internal.h"
 
 namespace idem {
@@ -652,7 +655,10 @@ class PostgresStore final : public DedupStore {
   }
 
   absl::Status Release(std::string_view scope, std::string_view id, uint64_t token) override {
-    if (absl::Status s = ValidateOwnerArgs(scope, id, token); !s.ok()) return s;
+    if (absl::Status s = internal::ValidateOwnerArgs(scope, id, token, options_.max_id_bytes);
+        !s.ok()) {
+      return s;
+    }
     Params p;
     p.Text(scope).Bytea(id).Int8(TokenToSql(token)).Int8(Retention());
     const Call call{&st_->release, &p};
@@ -667,7 +673,10 @@ class PostgresStore final : public DedupStore {
 
   absl::StatusOr<int64_t> Extend(std::string_view scope, std::string_view id, uint64_t token,
                                  std::chrono::milliseconds lease) override {
-    if (absl::Status s = ValidateOwnerArgs(scope, id, token); !s.ok()) return s;
+    if (absl::Status s = internal::ValidateOwnerArgs(scope, id, token, options_.max_id_bytes);
+        !s.ok()) {
+      return s;
+    }
     if (absl::Status s = ValidateLease(lease); !s.ok()) return s;
     Params p;
     p.Text(scope).Bytea(id).Int8(TokenToSql(token)).Int8(lease.count()).Int8(Retention());
@@ -683,6 +692,7 @@ class PostgresStore final : public DedupStore {
   }
 
   absl::StatusOr<int64_t> PurgeExpired(int64_t limit) override {
+    if (absl::Status s = ValidatePurgeLimit(limit); !s.ok()) return s;
     Params p;
     if (limit > 0) {
       p.Int8(limit);
@@ -762,22 +772,73 @@ class PostgresStore final : public DedupStore {
   StoreStats Stats() const override { return counters_.Snapshot(); }
   std::string_view BackendName() const override { return "postgres"; }
 
+  // Operator calls (pg_admin.cc). WaitForCompletion is the default: Inspect polled with backoff.
+  absl::StatusOr<ListPage> List(const ListRequest& request) override {
+    if (absl::Status s = ValidateListRequest(request); !s.ok()) return s;
+    absl::StatusOr<std::optional<std::string>> after = internal::DecodeIdCursor(request.cursor);
+    if (!after.ok()) return after.status();
+    absl::StatusOr<internal::pg::AdminStatements> st = AdminStatementsOf();
+    if (!st.ok()) return st.status();
+    Params p;
+    p.Text(request.scope);
+    if (after->has_value()) {
+      p.Bytea(**after);
+    } else {
+      p.Null(kByteaOid);
+    }
+    p.Int8(static_cast<int64_t>(request.limit) + 1)  // one more: whether a page follows
+        .Int8(request.max_attempts)
+        .Int8(internal::pg::ListFilterCode(request.filter));
+    const Call call{&st->list, &p};
+    ListPage page;
+    absl::Status s = Run(std::span(&call, 1), "list", [&](const std::vector<PgResultPtr>& r) {
+      absl::StatusOr<ListPage> decoded = internal::pg::DecodeListPage(r[0].get(), request.limit);
+      if (!decoded.ok()) return decoded.status();
+      page = std::move(decoded).value();
+      return absl::OkStatus();
+    });
+    if (!s.ok()) return s;
+    return page;
+  }
+
+  absl::Status ResetAttempts(std::string_view scope, std::string_view id,
+                             uint64_t token) override {
+    if (absl::Status s = internal::ValidateOwnerArgs(scope, id, token, options_.max_id_bytes);
+        !s.ok()) {
+      return s;
+    }
+    absl::StatusOr<internal::pg::AdminStatements> st = AdminStatementsOf();
+    if (!st.ok()) return st.status();
+    Params reset;
+    reset.Text(scope).Bytea(id).Int8(TokenToSql(token)).Int8(Retention());
+    Params why;
+    why.Text(scope).Bytea(id);
+    // One pipeline, one implicit transaction: the read sees what the reset left.
+    const Call calls[] = {{&st->reset, &reset}, {&st->reset_why, &why}};
+    absl::Status refusal;
+    absl::Status s = Run(calls, "reset", [&](const std::vector<PgResultPtr>& r) {
+      refusal = PQntuples(r[0].get()) == 1 ? absl::OkStatus()
+                                           : internal::pg::ResetRefusal(r[1].get(), token);
+      return absl::OkStatus();
+    });
+    if (!s.ok()) return s;
+    return refusal;
+  }
+
  private:
   int64_t Retention() const { return options_.retention.count(); }
 
-  [[nodiscard]] absl::Status ValidateOwnerArgs(std::string_view scope, std::string_view id,
-                                               uint64_t token) {
-    if (absl::Status s = ValidateScope(scope); !s.ok()) return s;
-    if (absl::Status s = ValidateId(id, options_.max_id_bytes); !s.ok()) return s;
-    if (token == 0) return absl::InvalidArgumentError("token 0 is never issued by a claim");
-    return absl::OkStatus();
+  // The operator calls' statements, unnamed, for this store's tables.
+  absl::StatusOr<internal::pg::AdminStatements> AdminStatementsOf() const {
+    absl::StatusOr<internal::pg::Tables> tables =
+        internal::pg::MakeTables(options_.schema, options_.table_prefix);
+    if (!tables.ok()) return tables.status();
+    return internal::pg::MakeAdminStatements(*tables);
   }
 
   [[nodiscard]] absl::Status Fenced(std::string_view operation) {
     internal::StoreCounters::Add(counters_.fenced);
-    return absl::AbortedError(
-        absl::StrCat("postgres: ", internal::ToAbsl(operation),
-                     " refused: the token no longer owns the claim (lease lost)"));
+    return internal::FencedError("postgres", operation);
   }
 
   // A claim batch of several entries (`valid`: indexes into `requests`, sorted by scope and id):

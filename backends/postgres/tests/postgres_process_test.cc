@@ -166,9 +166,8 @@ TEST(PostgresProcesses, ServerCrashAndRestartMidRunLosesNothingAcknowledged) {
   for (int t = 0; t < 3; ++t) {
     threads.emplace_back([&, t] {
       for (int i = 0; !stop.load(); ++i) {
-        const std::string id = absl::StrCat("t", t, "-", i);
-        std::vector<Message> batch = {{.id = id, .payload = "p"},
-                                      {.id = id + "-b", .payload = "p"}};
+        const std::string id = absl::StrCat("t", t, "-", i), id_b = id + "-b";
+        std::vector<Message> batch = {{.id = id, .payload = "p"}, {.id = id_b, .payload = "p"}};
         auto results = i % 2 == 0
                            ? std::vector<absl::StatusOr<ProcessResult>>{processor->Process(
                                  batch[0], [](HandlerContext&) {})}

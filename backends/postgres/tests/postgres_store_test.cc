@@ -428,8 +428,10 @@ TEST(PostgresStore, WorksThroughPgbouncerTransactionPoolingWithUnnamedStatements
         auto r = processor->Process({.id = id, .payload = "p"},
                                     [&](HandlerContext&) { runs.fetch_add(1); });
         if (!r.ok()) failures.fetch_add(1);
-        std::vector<Message> batch = {{.id = absl::StrCat("batch-", i), .payload = "p"},
-                                      {.id = absl::StrCat("batch-", i + 1), .payload = "p"}};
+        // Message ids are views: the strings they name must outlive the batch.
+        const std::string first = absl::StrCat("batch-", i), second = absl::StrCat("batch-", i + 1);
+        std::vector<Message> batch = {{.id = first, .payload = "p"},
+                                      {.id = second, .payload = "p"}};
         for (const auto& br : processor->ProcessBatch(batch, [&](HandlerContext&) { runs++; })) {
           if (!br.ok()) failures.fetch_add(1);
         }

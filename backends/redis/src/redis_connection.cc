@@ -248,6 +248,13 @@ absl::Status Connection::Append(std::span<const std::string_view> args, std::str
   return absl::OkStatus();
 }
 
+absl::Status Connection::SetTimeout(std::chrono::milliseconds timeout) {
+  if (redisSetTimeout(context_.get(), ToTimeval(timeout)) != REDIS_OK) {
+    return absl::UnavailableError(Cat("redis: cannot set the I/O timeout on ", endpoint_));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<ReplyPtr> Connection::GetReply(std::string_view what) {
   if (broken()) {
     return absl::UnavailableError(Cat("redis ", what, " at ", endpoint_, ": connection is broken"));

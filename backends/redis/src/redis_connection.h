@@ -30,7 +30,8 @@ struct ReplyDeleter {
 using ContextPtr = std::unique_ptr<redisContext, ContextDeleter>;
 using ReplyPtr = std::unique_ptr<redisReply, ReplyDeleter>;
 
-// The mapping of hiredis failures, in one place (DESIGN.md §3, STYLE.md "Errors").
+// The mapping of hiredis failures to the status codes of the DedupStore contract (include/idem/
+// store.h), in one place.
 //
 // A context error (`redisContext::err`, with the errno saved right after the failing call):
 //   REDIS_ERR_IO + EAGAIN/EWOULDBLOCK/ETIMEDOUT/EINPROGRESS  DeadlineExceeded (hiredis 0.14
@@ -96,6 +97,10 @@ class Connection {
   bool broken() const;
   // For a reply the caller cannot make sense of: the replies still to come would be misread.
   void MarkBroken() { broken_ = true; }
+
+  // Sets the bound on each later read and write (a subscriber waiting for a message sets how
+  // long it waits). Unavailable if hiredis refuses it.
+  absl::Status SetTimeout(std::chrono::milliseconds timeout);
 
  private:
   Connection(ContextPtr context, std::string endpoint)

@@ -1,23 +1,9 @@
 #include "redis_record.h"
 
 #include "absl/status/status.h"
+#include "internal/big_endian.h"
 
 namespace idem::internal::redis {
-namespace {
-
-void AppendBigEndian(std::string* out, uint64_t value, int bytes) {
-  for (int shift = 8 * (bytes - 1); shift >= 0; shift -= 8) {
-    out->push_back(static_cast<char>((value >> shift) & 0xFF));
-  }
-}
-
-uint64_t ReadBigEndian(std::string_view bytes) {
-  uint64_t value = 0;
-  for (char c : bytes) value = (value << 8) | static_cast<unsigned char>(c);
-  return value;
-}
-
-}  // namespace
 
 void AppendOwner(std::string* out, uint64_t token) {
   out->push_back('P');
@@ -62,9 +48,9 @@ absl::StatusOr<DecodedRecord> DecodeRecord(std::string_view value) {
     default:
       return absl::DataLossError("unknown record state");
   }
-  record.token = ReadBigEndian(value.substr(2, 8));
-  record.attempts = static_cast<uint32_t>(ReadBigEndian(value.substr(10, 4)));
-  record.keep_ms = static_cast<int64_t>(ReadBigEndian(value.substr(14, 8)));
+  record.token = LoadBigEndian(value.substr(2, 8));
+  record.attempts = static_cast<uint32_t>(LoadBigEndian(value.substr(10, 4)));
+  record.keep_ms = static_cast<int64_t>(LoadBigEndian(value.substr(14, 8)));
   const unsigned flags = static_cast<unsigned char>(value[22]);
   std::string_view rest = value.substr(kRecordHeaderSize);
   if ((flags & 1) != 0) {

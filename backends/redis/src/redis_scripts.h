@@ -7,8 +7,10 @@
 //    (format, state, token, attempts, keep, flags), then the fingerprint and the result. The
 //    token is 8 opaque bytes, only compared, never converted to a Lua number.
 //  - Time is the server's, through the key's TTL: an IN_PROGRESS record is written with
-//    PX lease + keep, so its lease is live while PTTL > keep. No script reads TIME; the client
-//    pipelines one TIME ahead of its claims to report lease ends (redis_store.cc).
+//    PX lease + keep, so its lease is live while PTTL > keep. No script that writes reads TIME
+//    (a script that calls it may not write on old servers); the client pipelines one TIME ahead
+//    of its claims to report lease ends (redis_store.cc). Only Inspect's read-only script returns
+//    TIME, with the TTL it reads.
 //  - Durations arrive as decimal strings built by the client and go back to Redis unchanged:
 //    the common paths format no numbers. (The rare ones that add durations format with '%.0f',
 //    exact below 2^53; leases and retention stay below 2^40 ms.)
@@ -55,6 +57,30 @@ local function version_ge(a, b)
 end
 )lua";
 
+// Reading a record, shared by every script that reads one (each script is loaded on its own, so the
+// functions are joined into each):
+//   read_record(key): the record at `key`, or nil when there is none; with a second result, the
+//     IDEMDATA error reply to return when the key holds a string that is not a format-1 record.
+//   owned_record(key, owner): the record at `key` while `owner` ('P' and the claim's token, the
+//     record's bytes 2..10) owns its IN_PROGRESS claim; nil otherwise (fenced: the caller answers
+//     0 and changes nothing), or nil and the IDEMDATA error reply. An ended lease alone does not
+//     fence: only a takeover (a new token), a release or a completion does.
+inline constexpr std::string_view kReadRecord = R"lua(
+local function read_record(key)
+  local record = redis.call('GET', key)
+  if not record then return nil end
+  if #record < 23 or string.byte(record, 1) ~= 1 then
+    return nil, redis.error_reply('IDEMDATA the key does not hold an idem record (format 1)')
+  end
+  return record
+end
+local function owned_record(key, owner)
+  local record, failure = read_record(key)
+  if record and string.sub(record, 2, 10) ~= owner then return nil end
+  return record, failure
+end
+)lua";
+
 // Claim, or take over a released or expired claim.
 //   KEYS[1]  the record
 //   KEYS[2]  the version-gate entry (only when ARGV[4] is not empty)
@@ -76,14 +102,13 @@ if version == '' then
   -- The common case, a new id: one write and nothing else.
   if redis.call('SET', key, fresh, 'NX', 'PX', ttl) then return 1 end
 end
-old = redis.call('GET', key)
+local failure
+old, failure = read_record(key)
+if failure then return failure end
 
 local attempts, took_over = 0, 0
 local fingerprint = string.sub(fresh, 24, 39)  -- the request's, or ''
 if old then
-  if #old < 23 or string.byte(old, 1) ~= 1 then
-    return redis.error_reply('IDEMDATA the key does not hold an idem record (format 1)')
-  end
   local _, state, _, count, keep, flags = struct.unpack('>Bc1c8I4I8B', old)
   attempts = count
   local stored = ''
@@ -137,15 +162,11 @@ return {'acquired', attempts, took_over}
 //            result (if any). A fingerprint the claim stored stays.
 //   ARGV[4]  version (20 digits), with KEYS[2]
 // Reply: 1 completed, 2 stale (COMPLETED, the version not applied), 0 aborted (the token does
-// not own an IN_PROGRESS claim; nothing changed).
+// not own an IN_PROGRESS claim; nothing changed). A completion is published on the channel named
+// as the record's key, for WaitForCompletion (with no subscriber, PUBLISH costs next to nothing).
 inline constexpr std::string_view kCompleteBody = R"lua(
-local old = redis.call('GET', KEYS[1])
-if not old then return 0 end
-if #old < 23 or string.byte(old, 1) ~= 1 then
-  return redis.error_reply('IDEMDATA the key does not hold an idem record (format 1)')
-end
--- An expired lease alone does not fence: only a takeover (a new token) does.
-if string.sub(old, 2, 10) ~= ARGV[1] then return 0 end
+local old, failure = owned_record(KEYS[1], ARGV[1])
+if not old then return failure or 0 end
 
 local outcome = 1
 if KEYS[2] then
@@ -170,6 +191,8 @@ if string.byte(old, 23) % 2 == 1 then
 end
 -- The header (token, attempts, keep) stays; only the state changes.
 redis.call('SET', KEYS[1], '\1C' .. string.sub(old, 3, 22) .. tail, 'PX', ARGV[2])
+-- Tells a delivery waiting for this claim (WaitForCompletion), on the channel named as the key.
+redis.call('PUBLISH', KEYS[1], 'completed')
 return outcome
 )lua";
 
@@ -178,14 +201,11 @@ return outcome
 //   ARGV[1]  'P' and the claim's token: the record's bytes 2..10 while the token owns it
 //   ARGV[2]  how long the released record (and its attempt count) is kept, ms
 // Reply: 1 released, 0 the token does not own an IN_PROGRESS claim (nothing changed).
-inline constexpr std::string_view kReleaseScript = R"lua(
-local old = redis.call('GET', KEYS[1])
-if not old then return 0 end
-if #old < 23 or string.byte(old, 1) ~= 1 then
-  return redis.error_reply('IDEMDATA the key does not hold an idem record (format 1)')
-end
-if string.sub(old, 2, 10) ~= ARGV[1] then return 0 end
+inline constexpr std::string_view kReleaseBody = R"lua(
+local old, failure = owned_record(KEYS[1], ARGV[1])
+if not old then return failure or 0 end
 redis.call('SET', KEYS[1], '\1R' .. string.sub(old, 3), 'PX', ARGV[2])
+redis.call('PUBLISH', KEYS[1], 'released')
 return 1
 )lua";
 
@@ -194,20 +214,31 @@ return 1
 //   ARGV[1]  'P' and the claim's token: the record's bytes 2..10 while the token owns it
 //   ARGV[2]  lease, ms
 // Reply: 1 extended, 0 the token does not own an IN_PROGRESS claim (nothing changed).
-inline constexpr std::string_view kExtendScript = R"lua(
-local old = redis.call('GET', KEYS[1])
-if not old then return 0 end
-if #old < 23 or string.byte(old, 1) ~= 1 then
-  return redis.error_reply('IDEMDATA the key does not hold an idem record (format 1)')
-end
-if string.sub(old, 2, 10) ~= ARGV[1] then return 0 end
+inline constexpr std::string_view kExtendBody = R"lua(
+local old, failure = owned_record(KEYS[1], ARGV[1])
+if not old then return failure or 0 end
 local keep = struct.unpack('>I8', old, 15)
 redis.call('PEXPIRE', KEYS[1], string.format('%.0f', tonumber(ARGV[2]) + keep))
 return 1
 )lua";
 
-inline constexpr std::string_view kClaimScript = JoinedScript<kVersionGe, kClaimBody>::kValue;
-inline constexpr std::string_view kCompleteScript = JoinedScript<kVersionGe, kCompleteBody>::kValue;
+// What Inspect reads, in one atomic step and without a transaction: the record (false when
+// absent), its TTL and the server's clock, so that lease and expiry are read against one instant.
+// MULTI/EXEC would do the same, but Redis refuses commands queued in MULTI once used memory is
+// above maxmemory, which is when an operator most needs to look; a script that only reads runs.
+// The record is decoded by the client (a string that is not a record is reported as DataLoss).
+//   KEYS[1]  the record
+// Reply: {record or nil, PTTL, {seconds, microseconds}}
+inline constexpr std::string_view kInspectScript = R"lua(
+return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1]), redis.call('TIME')}
+)lua";
+
+inline constexpr std::string_view kClaimScript =
+    JoinedScript<kVersionGe, kReadRecord, kClaimBody>::kValue;
+inline constexpr std::string_view kCompleteScript =
+    JoinedScript<kVersionGe, kReadRecord, kCompleteBody>::kValue;
+inline constexpr std::string_view kReleaseScript = JoinedScript<kReadRecord, kReleaseBody>::kValue;
+inline constexpr std::string_view kExtendScript = JoinedScript<kReadRecord, kExtendBody>::kValue;
 
 }  // namespace idem::internal::redis
 

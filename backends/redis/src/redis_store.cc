@@ -5,6 +5,7 @@
 
 #include <hiredis/hiredis.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cstdio>
@@ -17,12 +18,15 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "internal/owner.h"
 #include "internal/status_macros.h"
 #include "internal/store_counters.h"
 #include "internal/strings.h"
 #include "internal/token.h"
+#include "redis_admin_scripts.h"
 #include "redis_connection.h"
 #include "redis_keys.h"
 #include "redis_record.h"
@@ -54,7 +58,7 @@ using internal::redis::VersionKey;
 // durations stay exact in Lua's doubles.
 constexpr int64_t kMaxMillis = int64_t{1} << 40;
 
-enum ScriptId { kClaim = 0, kComplete, kRelease, kExtend, kScriptCount };
+enum ScriptId { kClaim = 0, kComplete, kRelease, kExtend, kInspect, kScriptCount };
 
 struct ScriptInfo {
   std::string_view name;
@@ -65,6 +69,7 @@ constexpr std::array<ScriptInfo, kScriptCount> kScripts = {{
     {"complete", internal::redis::kCompleteScript},
     {"release", internal::redis::kReleaseScript},
     {"extend", internal::redis::kExtendScript},
+    {"inspect", internal::redis::kInspectScript},
 }};
 
 // Commands to pipeline, packed in one buffer: a batch costs a few allocations, not a few per
@@ -232,6 +237,15 @@ class RedisStore final : public DedupStore {
 
   void UseScriptClaims() { plain_claims_.store(false, std::memory_order_relaxed); }
 
+  // Operator calls and waiting (defined at the end of this file, with redis_admin_scripts.h).
+  // List walks the scope's keys with SCAN; WaitForCompletion subscribes to the channel the
+  // complete, release and reset scripts publish on.
+  absl::StatusOr<ListPage> List(const ListRequest& request) override;
+  absl::Status ResetAttempts(std::string_view scope, std::string_view id,
+                             uint64_t token) override;
+  absl::StatusOr<bool> WaitForCompletion(std::string_view scope, std::string_view id,
+                                         std::chrono::steady_clock::time_point deadline) override;
+
  private:
   RedisStore(RedisStoreOptions options, ConnectParams params)
       : options_(std::move(options)),
@@ -274,6 +288,8 @@ class RedisStore final : public DedupStore {
   // The integer reply (1 done, 0 fenced) of release or extend.
   absl::Status ParseOwnerReply(const Replies& replies, std::string_view operation);
   absl::Status Fenced(std::string_view operation);
+  // Whether the record `key` is a live claim, and if so how long its lease has left (ms).
+  absl::StatusOr<std::optional<int64_t>> LiveLeaseLeft(const std::string& key);
 
   const RedisStoreOptions options_;
   std::array<std::string, kScriptCount> shas_;
@@ -471,10 +487,7 @@ absl::StatusOr<ReplyPtr> RedisStore::RunCommand(std::span<const std::string_view
 
 absl::Status RedisStore::Fenced(std::string_view operation) {
   internal::StoreCounters::Add(counters_.fenced);
-  return absl::AbortedError(
-      Cat("redis ", operation,
-          ": the token no longer owns the claim (taken over after its lease, released, completed, "
-          "or expired)"));
+  return internal::FencedError("redis", operation);
 }
 
 // A claim is one round trip: TIME, then per message either
@@ -527,8 +540,8 @@ std::vector<absl::StatusOr<ClaimResult>> RedisStore::ClaimBatch(
   const bool plain_claims = plain_claims_.load(std::memory_order_relaxed);
   for (size_t i = 0; i < requests.size(); ++i) {
     const ClaimRequest& request = requests[i];
+    // ValidateClaimRequest bounds the lease (ValidateLease) below 2^40 ms, as the scripts need.
     absl::Status status = ValidateClaimRequest(request, options_.max_id_bytes);
-    if (status.ok()) status = CheckMillis(request.lease, "lease", false);
     absl::StatusOr<uint64_t> token = status.ok() ? NextToken() : status;
     if (!token.ok()) {
       out[i] = token.status();
@@ -678,11 +691,8 @@ std::vector<absl::StatusOr<CompleteStatus>> RedisStore::CompleteBatch(
   std::vector<absl::Status> refusals;
   for (size_t i = 0; i < requests.size(); ++i) {
     const CompleteRequest& request = requests[i];
+    // ValidateCompleteRequest refuses token 0 and bounds the retention below 2^40 ms.
     absl::Status status = ValidateCompleteRequest(request, options_.max_id_bytes);
-    if (status.ok() && request.token == 0) {
-      status = absl::InvalidArgumentError("complete: token 0 is never a claim's token");
-    }
-    if (status.ok()) status = CheckMillis(request.retention, "retention", true);
     if (!status.ok()) {
       refused[i] = true;
       refusals.push_back(std::move(status));
@@ -750,9 +760,7 @@ absl::Status RedisStore::ParseOwnerReply(const Replies& replies, std::string_vie
 }
 
 absl::Status RedisStore::Release(std::string_view scope, std::string_view id, uint64_t token) {
-  IDEM_RETURN_IF_ERROR(ValidateScope(scope));
-  IDEM_RETURN_IF_ERROR(ValidateId(id, options_.max_id_bytes));
-  if (token == 0) return absl::InvalidArgumentError("release: token 0 is never a claim's token");
+  IDEM_RETURN_IF_ERROR(internal::ValidateOwnerArgs(scope, id, token, options_.max_id_bytes));
   Commands calls("release", 1);
   calls.BeginScript(kRelease, 1);
   AppendRecordKey(calls.buffer(), options_.key_prefix, scope, id);
@@ -765,10 +773,8 @@ absl::Status RedisStore::Release(std::string_view scope, std::string_view id, ui
 
 absl::StatusOr<int64_t> RedisStore::Extend(std::string_view scope, std::string_view id,
                                            uint64_t token, std::chrono::milliseconds lease) {
-  IDEM_RETURN_IF_ERROR(ValidateScope(scope));
-  IDEM_RETURN_IF_ERROR(ValidateId(id, options_.max_id_bytes));
-  if (token == 0) return absl::InvalidArgumentError("extend: token 0 is never a claim's token");
-  IDEM_RETURN_IF_ERROR(CheckMillis(lease, "lease", false));
+  IDEM_RETURN_IF_ERROR(internal::ValidateOwnerArgs(scope, id, token, options_.max_id_bytes));
+  IDEM_RETURN_IF_ERROR(ValidateLease(lease));
   Commands calls("extend", 1);
   calls.BeginScript(kExtend, 1);
   AppendRecordKey(calls.buffer(), options_.key_prefix, scope, id);
@@ -783,8 +789,9 @@ absl::StatusOr<int64_t> RedisStore::Extend(std::string_view scope, std::string_v
 }
 
 absl::StatusOr<int64_t> RedisStore::PurgeExpired(int64_t limit) {
-  if (limit < 0) return absl::InvalidArgumentError("purge: limit must be >= 0");
-  // Every record carries a TTL (PEXPIRE), so the server deletes expired ones itself.
+  IDEM_RETURN_IF_ERROR(ValidatePurgeLimit(limit));
+  // Every record is written with a TTL (SET … PX; Extend moves it with PEXPIRE), so the server
+  // deletes expired ones itself.
   return 0;
 }
 
@@ -809,34 +816,21 @@ absl::StatusOr<std::optional<RecordInfo>> RedisStore::Inspect(std::string_view s
                                                               std::string_view id) {
   IDEM_RETURN_IF_ERROR(ValidateScope(scope));
   IDEM_RETURN_IF_ERROR(ValidateId(id, options_.max_id_bytes));
-  const std::string key = RecordKey(options_.key_prefix, scope, id);
-  // The record, its TTL and the clock they are read against, in one MULTI: one consistent view.
-  const std::string_view multi[] = {"MULTI"};
-  const std::string_view get[] = {"GET", key};
-  const std::string_view pttl[] = {"PTTL", key};
-  const std::string_view time[] = {"TIME"};
-  const std::string_view exec[] = {"EXEC"};
+  // The record, its TTL and the clock they are read against, in one read-only script: one
+  // consistent view, which Redis also serves above maxmemory (MULTI would be refused there).
+  Commands calls("inspect", 1);
+  calls.BeginScript(kInspect, 1);
+  AppendRecordKey(calls.buffer(), options_.key_prefix, scope, id);
+  calls.EndArg();
+  const Replies replies = Run(calls, /*read_time=*/false);
   const std::string what = What("inspect");
-  IDEM_ASSIGN_OR_RETURN(Pool::Handle connection, pool_.Acquire());
-  for (std::span<const std::string_view> command :
-       {std::span<const std::string_view>(multi), std::span<const std::string_view>(get),
-        std::span<const std::string_view>(pttl), std::span<const std::string_view>(time),
-        std::span<const std::string_view>(exec)}) {
-    IDEM_RETURN_IF_ERROR(connection->Append(command, "inspect"));
-  }
-  ReplyPtr reply;
-  for (int i = 0; i < 5; ++i) {  // +OK, QUEUED x3, then EXEC's array
-    IDEM_ASSIGN_OR_RETURN(reply, connection->GetReply("inspect"));
-    if (reply->type == REDIS_REPLY_ERROR) {
-      connection->MarkBroken();  // the replies still to come would be misread
-      return ErrorReplyStatus(ReplyString(reply.get()), what);
-    }
-  }
+  const redisReply* reply = replies.replies.front().get();
+  if (reply == nullptr) return replies.failure;
+  if (reply->type == REDIS_REPLY_ERROR) return ErrorReplyStatus(ReplyString(reply), what);
   if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 3) return UnexpectedReply(what);
   const redisReply* value = reply->element[0];
   const redisReply* ttl = reply->element[1];
   const redisReply* now = reply->element[2];
-  if (value->type == REDIS_REPLY_ERROR) return ErrorReplyStatus(ReplyString(value), what);
   if (value->type == REDIS_REPLY_NIL) return std::optional<RecordInfo>();
   int64_t seconds = 0;
   int64_t micros = 0;
@@ -865,6 +859,246 @@ absl::StatusOr<std::optional<RecordInfo>> RedisStore::Inspect(std::string_view s
 }
 
 StoreStats RedisStore::Stats() const { return counters_.Snapshot(); }
+
+// --- Operator calls and waiting.
+
+namespace {
+
+// `text` with the glob characters of SCAN's MATCH escaped.
+std::string GlobEscape(std::string_view text) {
+  std::string out;
+  for (char c : text) {
+    if (c == '*' || c == '?' || c == '[' || c == ']' || c == '\\') out.push_back('\\');
+    out.push_back(c);
+  }
+  return out;
+}
+
+// The Redis list cursor: "<SCAN cursor>:<hex of the last id returned from that SCAN batch>", or
+// "<SCAN cursor>:" to start that batch from its first id. The batch is read again when the page
+// resumes, sorted by id, so the hex says where it stopped.
+struct RedisCursor {
+  std::string scan = "0";
+  std::optional<std::string> after;
+};
+
+absl::StatusOr<RedisCursor> ParseRedisCursor(std::string_view cursor) {
+  RedisCursor out;
+  if (cursor.empty()) return out;
+  const std::size_t colon = cursor.find(':');
+  uint64_t scan = 0;
+  const std::string_view hex = colon == std::string_view::npos ? "" : cursor.substr(colon + 1);
+  if (colon == std::string_view::npos ||
+      !absl::SimpleAtoi(internal::ToAbsl(cursor.substr(0, colon)), &scan) || hex.size() % 2 != 0 ||
+      hex.find_first_not_of("0123456789abcdef") != std::string_view::npos) {
+    return absl::InvalidArgumentError("list: the cursor was not made by this backend's List");
+  }
+  out.scan = std::string(cursor.substr(0, colon));
+  if (!hex.empty()) out.after = absl::HexStringToBytes(internal::ToAbsl(hex));
+  return out;
+}
+
+std::string MakeRedisCursor(std::string_view scan, std::optional<std::string_view> after) {
+  std::string out = Cat(scan, ":");
+  if (after.has_value()) {
+    out += absl::BytesToHexString(absl::string_view(after->data(), after->size()));
+  }
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<ListPage> RedisStore::List(const ListRequest& request) {
+  IDEM_RETURN_IF_ERROR(ValidateListRequest(request));
+  IDEM_ASSIGN_OR_RETURN(RedisCursor cursor, ParseRedisCursor(request.cursor));
+  const std::string base = RecordKey(options_.key_prefix, request.scope, "");
+  const std::string pattern = GlobEscape(base) + "*";
+  const std::string what = What("list");
+  IDEM_ASSIGN_OR_RETURN(Pool::Handle connection, pool_.Acquire());
+  ListPage page;
+  std::string scan = cursor.scan;
+  std::optional<std::string> after = cursor.after;
+  while (true) {
+    const std::string_view scan_args[] = {"SCAN", scan, "MATCH", pattern, "COUNT", "1000"};
+    IDEM_ASSIGN_OR_RETURN(ReplyPtr reply, connection->Command(scan_args, "list"));
+    if (reply->type == REDIS_REPLY_ERROR) return ErrorReplyStatus(ReplyString(reply.get()), what);
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 || !IsString(reply->element[0]) ||
+        reply->element[1]->type != REDIS_REPLY_ARRAY) {
+      return UnexpectedReply(what);
+    }
+    const std::string next(ReplyString(reply->element[0]));
+    std::vector<std::string> ids;
+    for (std::size_t i = 0; i < reply->element[1]->elements; ++i) {
+      const redisReply* key = reply->element[1]->element[i];
+      if (!IsString(key)) return UnexpectedReply(what);
+      const std::string_view name = ReplyString(key);
+      if (name.size() <= base.size() || name.substr(0, base.size()) != base) continue;
+      std::string id(name.substr(base.size()));
+      if (after.has_value() && id <= *after) continue;
+      ids.push_back(std::move(id));
+    }
+    std::sort(ids.begin(), ids.end());
+    ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+
+    // The batch's records, their TTLs and the server's clock, in one round trip.
+    std::vector<ListedRecord> matches;
+    if (!ids.empty()) {
+      std::vector<std::string> keys;
+      keys.reserve(ids.size());
+      for (const std::string& id : ids) keys.push_back(base + id);
+      const std::string_view time_args[] = {"TIME"};
+      IDEM_RETURN_IF_ERROR(connection->Append(time_args, "list"));
+      for (const std::string& key : keys) {
+        const std::string_view get[] = {"GET", key};
+        const std::string_view pttl[] = {"PTTL", key};
+        IDEM_RETURN_IF_ERROR(connection->Append(get, "list"));
+        IDEM_RETURN_IF_ERROR(connection->Append(pttl, "list"));
+      }
+      IDEM_ASSIGN_OR_RETURN(ReplyPtr time, connection->GetReply("list"));
+      int64_t seconds = 0;
+      int64_t micros = 0;
+      const bool time_ok =
+          time->type == REDIS_REPLY_ARRAY && time->elements == 2 && IsString(time->element[0]) &&
+          IsString(time->element[1]) &&
+          absl::SimpleAtoi(internal::ToAbsl(ReplyString(time->element[0])), &seconds) &&
+          absl::SimpleAtoi(internal::ToAbsl(ReplyString(time->element[1])), &micros);
+      std::vector<std::pair<ReplyPtr, ReplyPtr>> rows;
+      rows.reserve(keys.size());
+      for (std::size_t i = 0; i < keys.size(); ++i) {
+        IDEM_ASSIGN_OR_RETURN(ReplyPtr value, connection->GetReply("list"));
+        IDEM_ASSIGN_OR_RETURN(ReplyPtr ttl, connection->GetReply("list"));
+        rows.emplace_back(std::move(value), std::move(ttl));
+      }
+      if (!time_ok) return UnexpectedReply(what);
+      const int64_t now_ms = seconds * 1000 + micros / 1000;
+      for (std::size_t i = 0; i < ids.size(); ++i) {
+        const redisReply* value = rows[i].first.get();
+        const redisReply* ttl = rows[i].second.get();
+        if (value->type == REDIS_REPLY_NIL) continue;  // expired since the SCAN
+        if (value->type == REDIS_REPLY_ERROR) {
+          return ErrorReplyStatus(ReplyString(value), what);
+        }
+        if (!IsString(value) || ttl->type != REDIS_REPLY_INTEGER) return UnexpectedReply(what);
+        absl::StatusOr<internal::redis::DecodedRecord> record = DecodeRecord(ReplyString(value));
+        if (!record.ok()) {
+          return absl::DataLossError(Cat("redis ", what, ": ", record.status().message()));
+        }
+        RecordInfo info;
+        info.state = record->state;
+        info.token = record->token;
+        info.attempts = record->attempts;
+        info.expires_at_ms = ttl->integer >= 0 ? now_ms + ttl->integer : 0;
+        if (info.state == RecordState::kInProgress && ttl->integer >= 0) {
+          info.lease_until_ms = now_ms + ttl->integer - record->keep_ms;
+        }
+        info.fingerprint = record->fingerprint;
+        info.result = std::move(record->result);
+        if (!MatchesListFilter(info, request.filter, request.max_attempts, now_ms)) continue;
+        matches.push_back(ListedRecord{.id = ids[i], .info = std::move(info)});
+      }
+    }
+
+    const std::size_t room = request.limit - page.records.size();
+    if (matches.size() > room) {
+      matches.resize(room);
+      for (ListedRecord& r : matches) page.records.push_back(std::move(r));
+      // Resume within this batch, after the last id returned.
+      page.next_cursor = MakeRedisCursor(scan, page.records.back().id);
+      return page;
+    }
+    for (ListedRecord& r : matches) page.records.push_back(std::move(r));
+    after.reset();
+    if (next == "0") return page;  // SCAN is done: so is the listing
+    scan = next;
+    if (page.records.size() == request.limit) {
+      page.next_cursor = MakeRedisCursor(scan, std::nullopt);
+      return page;
+    }
+  }
+}
+
+absl::Status RedisStore::ResetAttempts(std::string_view scope, std::string_view id,
+                                       uint64_t token) {
+  IDEM_RETURN_IF_ERROR(ValidateScope(scope));
+  IDEM_RETURN_IF_ERROR(ValidateId(id, options_.max_id_bytes));
+  if (token == 0) return absl::InvalidArgumentError("reset: token 0 is never a claim's token");
+  const std::string key = RecordKey(options_.key_prefix, scope, id);
+  std::string owner;
+  AppendOwner(&owner, token);
+  const std::string retention = absl::StrCat(options_.retention.count());
+  const std::string_view args[] = {"EVAL", internal::redis::kResetAttemptsScript, "1", key,
+                                   std::string_view(owner).substr(1), retention};
+  IDEM_ASSIGN_OR_RETURN(ReplyPtr reply, RunCommand(args, "reset"));
+  if (reply->type != REDIS_REPLY_INTEGER) return UnexpectedReply(What("reset"));
+  switch (reply->integer) {
+    case 1:
+      return absl::OkStatus();
+    case 0:
+      return absl::NotFoundError("reset: no record for this id");
+    case 2:
+      return absl::AbortedError("reset refused: the record's token changed since it was read");
+    case 3:
+      return absl::FailedPreconditionError("reset refused: the record is COMPLETED");
+    case 4:
+      return absl::FailedPreconditionError("reset refused: the record is a live claim");
+    default:
+      return UnexpectedReply(What("reset"));
+  }
+}
+
+absl::StatusOr<std::optional<int64_t>> RedisStore::LiveLeaseLeft(const std::string& key) {
+  const std::string_view get[] = {"GET", key};
+  IDEM_ASSIGN_OR_RETURN(ReplyPtr value, RunCommand(get, "wait"));
+  if (value->type == REDIS_REPLY_NIL) return std::optional<int64_t>();
+  if (!IsString(value.get())) return UnexpectedReply(What("wait"));
+  absl::StatusOr<internal::redis::DecodedRecord> record = DecodeRecord(ReplyString(value.get()));
+  if (!record.ok()) return absl::DataLossError(Cat("redis wait: ", record.status().message()));
+  if (record->state != RecordState::kInProgress) return std::optional<int64_t>();
+  const std::string_view pttl[] = {"PTTL", key};
+  IDEM_ASSIGN_OR_RETURN(ReplyPtr ttl, RunCommand(pttl, "wait"));
+  if (ttl->type != REDIS_REPLY_INTEGER) return UnexpectedReply(What("wait"));
+  const int64_t left = ttl->integer - record->keep_ms;
+  if (left <= 0) return std::optional<int64_t>();
+  return std::optional<int64_t>(left);
+}
+
+absl::StatusOr<bool> RedisStore::WaitForCompletion(
+    std::string_view scope, std::string_view id, std::chrono::steady_clock::time_point deadline) {
+  IDEM_RETURN_IF_ERROR(ValidateScope(scope));
+  IDEM_RETURN_IF_ERROR(ValidateId(id, options_.max_id_bytes));
+  const std::string key = RecordKey(options_.key_prefix, scope, id);
+  using std::chrono::milliseconds;
+  while (true) {
+    // Subscribed first, then the record read: a completion after the read is a message, one
+    // before it is seen by the read. A subscriber connection serves nothing else, so it is not
+    // the pool's.
+    IDEM_ASSIGN_OR_RETURN(std::unique_ptr<Connection> subscriber,
+                          Connection::Open(pool_.params()));
+    const std::string_view subscribe[] = {"SUBSCRIBE", key};
+    IDEM_ASSIGN_OR_RETURN(ReplyPtr confirmed, subscriber->Command(subscribe, "wait"));
+    if (confirmed->type == REDIS_REPLY_ERROR) {
+      return ErrorReplyStatus(ReplyString(confirmed.get()), What("wait"));
+    }
+    while (true) {
+      IDEM_ASSIGN_OR_RETURN(std::optional<int64_t> left, LiveLeaseLeft(key));
+      if (!left.has_value()) return true;
+      const auto now = std::chrono::steady_clock::now();
+      if (now >= deadline) return false;
+      // Until the deadline, or a little past the lease's end (which nobody announces).
+      const milliseconds wait =
+          std::min(std::chrono::ceil<milliseconds>(deadline - now), milliseconds(*left + 5));
+      IDEM_RETURN_IF_ERROR(subscriber->SetTimeout(std::max(wait, milliseconds(1))));
+      absl::StatusOr<ReplyPtr> message = subscriber->GetReply("wait");
+      if (!message.ok()) {
+        // A read timeout leaves the connection unusable: subscribe again on a new one.
+        if (message.status().code() != absl::StatusCode::kDeadlineExceeded) {
+          return message.status();
+        }
+        break;
+      }
+    }
+  }
+}
 
 }  // namespace
 

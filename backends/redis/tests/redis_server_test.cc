@@ -1,11 +1,14 @@
 // The Redis store against redis-servers that each test starts, stops and restarts itself (never
 // the fixture's): a restart in the middle of a run, authentication, timeouts, dropped
-// connections, unsafe server settings, script cache loss, one round trip per batch, Unix sockets.
+// connections, unsafe server settings, script cache loss, one round trip per batch, Unix sockets,
+// a server at maxmemory, a server whose clock is far from the client's.
 #include <signal.h>
 
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <map>
 #include <memory>
@@ -48,9 +51,21 @@ std::unique_ptr<TestRedisServer> StartServer(int offset, TestRedisServer::Option
   return server.ok() ? *std::move(server) : nullptr;
 }
 
+// Starts a server of this test's own that listens only on a Unix socket, in a directory named
+// after `name`: it takes none of the nine ports (all are in use by the tests above).
+std::unique_ptr<TestRedisServer> StartUnixServer(const std::string& name,
+                                                 TestRedisServer::Options options = {}) {
+  options.unix_socket_only = true;
+  options.dir = (std::filesystem::current_path() / absl::StrCat("redis-", name)).string();
+  absl::StatusOr<std::unique_ptr<TestRedisServer>> server = TestRedisServer::Start(options);
+  EXPECT_TRUE(server.ok()) << server.status();
+  return server.ok() ? *std::move(server) : nullptr;
+}
+
 RedisStoreOptions OptionsFor(const TestRedisServer& server) {
   RedisStoreOptions options;
   options.port = server.port();
+  options.unix_socket = server.unix_socket();
   options.key_prefix = "own";
   options.io_timeout = milliseconds(5'000);
   options.warning = [](std::string_view line) { ADD_FAILURE() << "unexpected warning: " << line; };
@@ -431,9 +446,10 @@ TEST(RedisServerScripts, ABatchIsOneRoundTripOfOnlyTheCommandsItNeeds) {
   const auto after_complete = counters();
   const auto calls_after_completes = CommandCalls(*server);
   // A completion is one script that reads the record and writes it once: no TIME, no second
-  // write for the fingerprint or the TTL.
+  // write for the fingerprint or the TTL. Its one PUBLISH tells a delivery waiting for the claim
+  // (WaitForCompletion), inside the same script: no extra round trip.
   EXPECT_EQ(CallsBetween(calls_before_completes, calls_after_completes),
-            (Calls{{"evalsha", kBatch}, {"get", kBatch}, {"set", kBatch}}));
+            (Calls{{"evalsha", kBatch}, {"get", kBatch}, {"publish", kBatch}, {"set", kBatch}}));
   for (const auto& status : done) EXPECT_THAT(status, IsOkAndHolds(Eq(CompleteStatus::kCompleted)));
   EXPECT_GE(after_complete.second - before_complete.second - baseline_commands, kBatch);
   EXPECT_LE(after_complete.first - before_complete.first - baseline_reads, 2)
@@ -446,7 +462,7 @@ TEST(RedisServerScripts, FlushedScriptCacheIsRefilledThroughTheNoscriptFallback)
   IDEM_ASSERT_OK_AND_ASSIGN(auto store, NewRedisStore(OptionsFor(*server)));
   IDEM_ASSERT_OK_AND_ASSIGN(long long cached,
                             server->InfoField("memory", "number_of_cached_scripts"));
-  EXPECT_EQ(cached, 4) << "claim, complete, release and extend are loaded at open";
+  EXPECT_EQ(cached, 5) << "claim, complete, release, extend and inspect are loaded at open";
 
   IDEM_ASSERT_OK(server->Command({"SCRIPT", "FLUSH"}));
   IDEM_ASSERT_OK_AND_ASSIGN(ClaimResult claim, store->Claim(Claim("m-1")));
@@ -494,6 +510,137 @@ TEST(RedisServerUnix, UnixSocketUriWithDbAndPrefix) {
   // A db the server does not have (16 by default) is a configuration mismatch.
   EXPECT_THAT(OpenRedisStoreFromUri(absl::StrCat("unix://", socket, "?db=99")),
               StatusIs(absl::StatusCode::kFailedPrecondition));
+}
+
+// ---- a server at maxmemory ---------------------------------------------------------------------
+
+TEST(RedisServerMaxmemory, InspectReadsRecordsWhileWritesAreRefused) {
+  auto server = StartUnixServer("maxmemory");
+  ASSERT_NE(server, nullptr);
+  IDEM_ASSERT_OK_AND_ASSIGN(auto store, NewRedisStore(OptionsFor(*server)));
+  IDEM_ASSERT_OK_AND_ASSIGN(ClaimResult claim, store->Claim(Claim("m-1")));
+  ASSERT_EQ(claim.status, ClaimStatus::kAcquired);
+  // Used memory is now far above maxmemory: with noeviction, Redis refuses every write (and every
+  // command queued in MULTI) with OOM.
+  IDEM_ASSERT_OK(server->Command({"CONFIG", "SET", "maxmemory", "1"}));
+  IDEM_ASSERT_OK(server->Command({"CONFIG", "SET", "maxmemory-policy", "noeviction"}));
+  EXPECT_THAT(store->Claim(Claim("m-2")), StatusIs(absl::StatusCode::kResourceExhausted));
+
+  // The operator can still look.
+  IDEM_ASSERT_OK_AND_ASSIGN(std::optional<RecordInfo> info, store->Inspect(kScope, "m-1"));
+  ASSERT_TRUE(info.has_value());
+  EXPECT_EQ(info->state, RecordState::kInProgress);
+  EXPECT_EQ(info->token, claim.token);
+  EXPECT_EQ(info->attempts, 1u);
+  EXPECT_NEAR(static_cast<double>(info->lease_until_ms), static_cast<double>(claim.lease_until_ms),
+              2'000.0);
+  IDEM_ASSERT_OK_AND_ASSIGN(std::optional<RecordInfo> none, store->Inspect(kScope, "m-2"));
+  EXPECT_FALSE(none.has_value());
+  IDEM_EXPECT_OK(store->AppliedVersion(kScope, "k"));
+}
+
+// ---- a server whose clock is far from the client's ----------------------------------------------
+
+// A preload library that moves the wall clock of the process it is loaded into by
+// IDEM_CLOCK_OFFSET_S seconds (gettimeofday, clock_gettime on the realtime clocks, time), so that
+// a redis-server on loopback runs on another clock than the test. Compiled by the test itself
+// (cc), because redis-server is not ours to rebuild and no faketime package is required.
+constexpr char kClockShim[] = R"c(
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdlib.h>
+#include <sys/time.h>
+#include <time.h>
+
+static long long offset_s(void) {
+  const char* text = getenv("IDEM_CLOCK_OFFSET_S");
+  return text == 0 ? 0 : atoll(text);
+}
+
+int gettimeofday(struct timeval* tv, void* tz) {
+  int (*real)(struct timeval*, void*) =
+      (int (*)(struct timeval*, void*))dlsym(RTLD_NEXT, "gettimeofday");
+  int rc = real(tv, tz);
+  if (rc == 0 && tv != 0) tv->tv_sec += offset_s();
+  return rc;
+}
+
+int clock_gettime(clockid_t id, struct timespec* ts) {
+  int (*real)(clockid_t, struct timespec*) =
+      (int (*)(clockid_t, struct timespec*))dlsym(RTLD_NEXT, "clock_gettime");
+  int rc = real(id, ts);
+  if (rc == 0 && ts != 0 && (id == CLOCK_REALTIME || id == CLOCK_REALTIME_COARSE)) {
+    ts->tv_sec += offset_s();
+  }
+  return rc;
+}
+
+time_t time(time_t* out) {
+  struct timeval tv;
+  gettimeofday(&tv, 0);
+  if (out != 0) *out = tv.tv_sec;
+  return tv.tv_sec;
+}
+)c";
+
+int64_t ClientNowMillis() {
+  return std::chrono::duration_cast<milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+TEST(RedisServerClock, LeaseEndsFollowTheServersClockNotTheClients) {
+  const std::filesystem::path dir = std::filesystem::current_path() / "redis-clock-shim";
+  std::filesystem::create_directories(dir);
+  const std::string source = (dir / "clock_shim.c").string();
+  const std::string library = (dir / "clock_shim.so").string();
+  {
+    std::ofstream out(source);
+    out << kClockShim;
+  }
+  const std::string compile =
+      absl::StrCat("cc -shared -fPIC -O1 -o '", library, "' '", source, "' -ldl");
+  ASSERT_EQ(std::system(compile.c_str()), 0) << compile;
+
+  // Ten days ahead of the client.
+  constexpr int64_t kOffsetMs = int64_t{10} * 24 * 3600 * 1000;
+  TestRedisServer::Options options;
+  options.environment = {absl::StrCat("LD_PRELOAD=", library),
+                         absl::StrCat("IDEM_CLOCK_OFFSET_S=", kOffsetMs / 1000)};
+  auto server = StartUnixServer("clock", options);
+  ASSERT_NE(server, nullptr);
+  // The server really runs on the moved clock; otherwise this test could not tell the clocks apart.
+  IDEM_ASSERT_OK_AND_ASSIGN(std::string time, server->Command({"TIME"}));
+  int64_t seconds = 0;
+  ASSERT_TRUE(absl::SimpleAtoi(time.substr(0, time.find('\n')), &seconds)) << time;
+  ASSERT_NEAR(static_cast<double>(seconds * 1000 - ClientNowMillis()),
+              static_cast<double>(kOffsetMs), 60'000.0);
+
+  IDEM_ASSERT_OK_AND_ASSIGN(auto store, NewRedisStore(OptionsFor(*server)));
+  const milliseconds lease(60'000);
+  const int64_t server_now = ClientNowMillis() + kOffsetMs;
+  IDEM_ASSERT_OK_AND_ASSIGN(ClaimResult claim, store->Claim(Claim("m-1", lease)));
+  ASSERT_EQ(claim.status, ClaimStatus::kAcquired);
+  // Reported in the server's clock: ten days away from what the client's clock would give.
+  EXPECT_NEAR(static_cast<double>(claim.lease_until_ms),
+              static_cast<double>(server_now + lease.count()), 5'000.0);
+  IDEM_ASSERT_OK_AND_ASSIGN(int64_t extended, store->Extend(kScope, "m-1", claim.token, lease * 2));
+  EXPECT_NEAR(static_cast<double>(extended), static_cast<double>(server_now + 2 * lease.count()),
+              5'000.0);
+  IDEM_ASSERT_OK_AND_ASSIGN(ClaimResult held, store->Claim(Claim("m-1", lease)));
+  EXPECT_EQ(held.status, ClaimStatus::kInProgress);
+  EXPECT_NEAR(static_cast<double>(held.lease_until_ms), static_cast<double>(extended), 2'000.0);
+  IDEM_ASSERT_OK_AND_ASSIGN(std::optional<RecordInfo> info, store->Inspect(kScope, "m-1"));
+  ASSERT_TRUE(info.has_value());
+  EXPECT_NEAR(static_cast<double>(info->lease_until_ms), static_cast<double>(extended), 2'000.0);
+
+  // And the lease ends when the server's clock says so: a short one, taken over after it.
+  IDEM_ASSERT_OK_AND_ASSIGN(ClaimResult short_claim, store->Claim(Claim("m-2", milliseconds(200))));
+  ASSERT_EQ(short_claim.status, ClaimStatus::kAcquired);
+  std::this_thread::sleep_for(milliseconds(400));
+  IDEM_ASSERT_OK_AND_ASSIGN(ClaimResult takeover, store->Claim(Claim("m-2")));
+  EXPECT_EQ(takeover.status, ClaimStatus::kAcquired);
+  EXPECT_TRUE(takeover.took_over);
 }
 
 }  // namespace

@@ -83,7 +83,9 @@ int OwnServerPort(int offset) {
 }
 
 absl::StatusOr<std::unique_ptr<TestRedisServer>> TestRedisServer::Start(Options options) {
-  if (options.port <= 0) return absl::InvalidArgumentError("no port for the test redis-server");
+  if ((options.port <= 0) != options.unix_socket_only) {
+    return absl::InvalidArgumentError("a test redis-server needs a port, or a Unix socket only");
+  }
   std::error_code ec;
   std::filesystem::remove_all(options.dir, ec);
   std::filesystem::create_directories(options.dir, ec);
@@ -102,7 +104,7 @@ absl::Status TestRedisServer::Spawn() {
                                    "--bind",
                                    "127.0.0.1",
                                    "--port",
-                                   absl::StrCat(options_.port),
+                                   absl::StrCat(options_.unix_socket_only ? 0 : options_.port),
                                    "--dir",
                                    options_.dir,
                                    "--logfile",
@@ -119,12 +121,23 @@ absl::Status TestRedisServer::Spawn() {
     args.push_back("--requirepass");
     args.push_back(options_.password);
   }
+  if (options_.unix_socket_only) {
+    args.push_back("--unixsocket");
+    args.push_back(unix_socket());
+    args.push_back("--unixsocketperm");
+    args.push_back("700");
+  }
   for (const std::string& arg : options_.extra_args) args.push_back(arg);
   std::vector<char*> argv;
   for (std::string& arg : args) argv.push_back(arg.data());
   argv.push_back(nullptr);
+  std::vector<std::string> environment = options_.environment;
+  std::vector<char*> envp;
+  for (char** e = environ; *e != nullptr; ++e) envp.push_back(*e);
+  for (std::string& entry : environment) envp.push_back(entry.data());
+  envp.push_back(nullptr);
   pid_t pid = -1;
-  const int rc = posix_spawnp(&pid, "redis-server", nullptr, nullptr, argv.data(), environ);
+  const int rc = posix_spawnp(&pid, "redis-server", nullptr, nullptr, argv.data(), envp.data());
   if (rc != 0) {
     return absl::UnavailableError(
         absl::StrCat(std::getenv("CI") != nullptr ? "FATAL (CI): " : "",
@@ -187,9 +200,26 @@ absl::StatusOr<std::string> RedisCommand(int port, const std::vector<std::string
   return RunCommand(context.get(), args);
 }
 
-absl::StatusOr<long long> RedisInfoField(int port, std::string_view section, std::string_view field,
-                                         const std::string& password) {
-  absl::StatusOr<std::string> info = RedisCommand(port, {"INFO", std::string(section)}, password);
+absl::StatusOr<std::string> RedisUnixCommand(const std::string& path,
+                                             const std::vector<std::string>& args,
+                                             const std::string& password) {
+  const timeval connect_timeout{1, 0};
+  std::unique_ptr<redisContext, ContextFree> context(
+      redisConnectUnixWithTimeout(path.c_str(), connect_timeout));
+  if (context == nullptr) return absl::ResourceExhaustedError("hiredis context");
+  if (context->err != 0) return absl::UnavailableError(context->errstr);
+  redisSetTimeout(context.get(), timeval{10, 0});
+  if (!password.empty()) {
+    absl::StatusOr<std::string> auth = RunCommand(context.get(), {"AUTH", password});
+    if (!auth.ok()) return auth.status();
+  }
+  return RunCommand(context.get(), args);
+}
+
+namespace {
+
+absl::StatusOr<long long> InfoFieldOf(const absl::StatusOr<std::string>& info,
+                                      std::string_view field) {
   if (!info.ok()) return info.status();
   const std::string needle = "\n" + std::string(field) + ":";
   const size_t at = info->find(needle);
@@ -201,6 +231,23 @@ absl::StatusOr<long long> RedisInfoField(int port, std::string_view section, std
     return absl::InternalError("INFO field " + std::string(field) + " is not a number");
   }
   return value;
+}
+
+}  // namespace
+
+absl::StatusOr<long long> RedisInfoField(int port, std::string_view section, std::string_view field,
+                                         const std::string& password) {
+  return InfoFieldOf(RedisCommand(port, {"INFO", std::string(section)}, password), field);
+}
+
+absl::StatusOr<std::string> TestRedisServer::Command(const std::vector<std::string>& args) const {
+  if (options_.unix_socket_only) return RedisUnixCommand(unix_socket(), args, options_.password);
+  return RedisCommand(options_.port, args, options_.password);
+}
+
+absl::StatusOr<long long> TestRedisServer::InfoField(std::string_view section,
+                                                     std::string_view field) const {
+  return InfoFieldOf(Command({"INFO", std::string(section)}), field);
 }
 
 }  // namespace idem::testing

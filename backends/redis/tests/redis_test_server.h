@@ -28,6 +28,10 @@ int OwnServerPort(int offset);
 // error reply (Internal, with the server's text).
 absl::StatusOr<std::string> RedisCommand(int port, const std::vector<std::string>& args,
                                          const std::string& password = "");
+// As RedisCommand, on the Unix socket at `path`.
+absl::StatusOr<std::string> RedisUnixCommand(const std::string& path,
+                                             const std::vector<std::string>& args,
+                                             const std::string& password = "");
 // A numeric field of INFO `section` (e.g. "total_commands_processed").
 absl::StatusOr<long long> RedisInfoField(int port, std::string_view section, std::string_view field,
                                          const std::string& password = "");
@@ -37,7 +41,13 @@ absl::StatusOr<long long> RedisInfoField(int port, std::string_view section, std
 class TestRedisServer {
  public:
   struct Options {
+    // The TCP port; 0 with `unix_socket_only`.
     int port = 0;
+    // Listen only on the Unix socket dir/redis.sock (--port 0): a test that needs a server of its
+    // own but no port, so that it takes none of the nine ports above the fixture's.
+    bool unix_socket_only = false;
+    // "NAME=value" entries added to the server's environment (e.g. LD_PRELOAD).
+    std::vector<std::string> environment;
     // Created if absent; emptied by Start (not by Restart).
     std::string dir;
     bool appendonly = true;
@@ -56,15 +66,15 @@ class TestRedisServer {
   // Starts it again on the same port and directory (after Signal(SIGKILL or SIGTERM)).
   absl::Status Restart();
 
-  // RedisCommand and RedisInfoField on this server, with its password.
-  absl::StatusOr<std::string> Command(const std::vector<std::string>& args) const {
-    return RedisCommand(options_.port, args, options_.password);
-  }
-  absl::StatusOr<long long> InfoField(std::string_view section, std::string_view field) const {
-    return RedisInfoField(options_.port, section, field, options_.password);
-  }
+  // RedisCommand and RedisInfoField on this server (its port or its socket), with its password.
+  absl::StatusOr<std::string> Command(const std::vector<std::string>& args) const;
+  absl::StatusOr<long long> InfoField(std::string_view section, std::string_view field) const;
 
   int port() const { return options_.port; }
+  // dir/redis.sock with `unix_socket_only`, else empty.
+  std::string unix_socket() const {
+    return options_.unix_socket_only ? options_.dir + "/redis.sock" : std::string();
+  }
   pid_t pid() const { return pid_; }
   const std::string& dir() const { return options_.dir; }
 

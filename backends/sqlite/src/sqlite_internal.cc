@@ -1,9 +1,12 @@
 #include "sqlite_internal.h"
 
 #include <cstring>
+#include <span>
 #include <string>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "internal/big_endian.h"
 #include "internal/strings.h"
 
 namespace idem::internal {
@@ -49,6 +52,11 @@ absl::Status SqliteStatus(int rc, sqlite3* db, std::string_view operation) {
     default:
       return absl::InternalError(message);
   }
+}
+
+std::string SynchronousPragma(SqliteSynchronous synchronous) {
+  return absl::StrCat("PRAGMA synchronous = ",
+                      absl::AsciiStrToUpper(ToAbsl(SqliteSynchronousName(synchronous))));
 }
 
 absl::StatusOr<SqliteStmt> Prepare(sqlite3* db, std::string_view sql) {
@@ -275,18 +283,12 @@ absl::Status EnsureSchema(sqlite3* db) {
   return txn.Commit("migrate schema");
 }
 
-std::string EncodeVersion(uint64_t version) {
-  std::string out(8, '\0');
-  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>(version >> (56 - 8 * i));
-  return out;
-}
+std::string EncodeVersion(uint64_t version) { return BigEndian(version, 8); }
 
 FingerprintBytes EncodeFingerprint(const Fingerprint& fingerprint) {
   FingerprintBytes out;
-  for (int i = 0; i < 8; ++i) {
-    out[i] = static_cast<char>(fingerprint.high >> (56 - 8 * i));
-    out[8 + i] = static_cast<char>(fingerprint.low >> (56 - 8 * i));
-  }
+  StoreBigEndian(fingerprint.high, std::span<char>(out.data(), 8));
+  StoreBigEndian(fingerprint.low, std::span<char>(out.data() + 8, 8));
   return out;
 }
 
@@ -295,9 +297,7 @@ absl::StatusOr<uint64_t> DecodeVersion(std::string_view bytes) {
     return absl::DataLossError(
         absl::StrCat("sqlite: a stored version is ", bytes.size(), " bytes, expected 8"));
   }
-  uint64_t version = 0;
-  for (char c : bytes) version = (version << 8) | static_cast<unsigned char>(c);
-  return version;
+  return LoadBigEndian(bytes);
 }
 
 absl::StatusOr<std::optional<DedupRow>> ReadRow(sqlite3_stmt* select_row, std::string_view scope,

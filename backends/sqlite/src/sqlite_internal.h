@@ -20,6 +20,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "idem/sqlite_store.h"
 #include "idem/store.h"
 #include "idem/types.h"
 
@@ -51,6 +52,10 @@ using SqliteStmt = std::unique_ptr<sqlite3_stmt, SqliteFinalizer>;
 // key failing at COMMIT): the caller's data must be fixed first.
 // `db` may be null (then only the code's generic description is used).
 [[nodiscard]] absl::Status SqliteStatus(int rc, sqlite3* db, std::string_view operation);
+
+// "PRAGMA synchronous = <NAME>": the one place the setting becomes SQL, for the store's
+// connection and for any other connection idem opens (the simulator's).
+std::string SynchronousPragma(SqliteSynchronous synchronous);
 
 // Prepares `sql` once, for repeated use (SQLITE_PREPARE_PERSISTENT).
 [[nodiscard]] absl::StatusOr<SqliteStmt> Prepare(sqlite3* db, std::string_view sql);
@@ -105,7 +110,6 @@ class StmtRun {
   int bind_rc_ = SQLITE_OK;
 };
 
-// BEGIN IMMEDIATE / COMMIT / ROLLBACK, prepared once per connection.
 // Statements both modes use: the row of an id, a key's applied version, and raising it.
 //   select row: ?1 scope ?2 id   select version: ?1 scope ?2 key   raise: ?1 scope ?2 key ?3
 //   version
@@ -122,6 +126,43 @@ ON CONFLICT(scope, key) DO UPDATE SET version = excluded.version
 WHERE excluded.version > idem_versions.version
 )sql";
 
+// The one rule for taking a held dedup row, as the ON CONFLICT clause of an upsert: lease mode's
+// claim, and transactional mode's attempt record and completion, append it to their INSERT of the
+// new row, whose VALUES supply status, token, lease_until, expires_at and fingerprint (SQLite's
+// `excluded`). The statement's own WHERE decides, so a takeover is one statement and no write
+// depends on an earlier read. A row is taken only when
+//  - its fingerprint does not conflict with the new one (a conflict holds whatever the state), and
+//  - it is COMPLETED past its retention (the id is new again: attempts restart at 1), or
+//  - it is RELEASED, or IN_PROGRESS with an ended lease, and below max_attempts (attempts + ?11).
+// This matches ClassifyHeld, which answers every row the clause does not take.
+// All SET expressions see the replaced row; claim_origin records its state for a later read,
+// which sees only the new row.
+//   ?9 now (ms)  ?10 max_attempts (0: unlimited)
+//   ?11 what the takeover adds to attempts: 1 counts this attempt, 0 when an earlier committed
+//       write already counted it (transactional mode with max_attempts)
+inline constexpr char kOnConflictTakeOver[] = R"sql(
+ON CONFLICT(scope, id) DO UPDATE SET
+  status = excluded.status,
+  token = excluded.token,
+  lease_until = excluded.lease_until,
+  expires_at = excluded.expires_at,
+  attempts = CASE WHEN idem_dedup.status = 2 THEN 1 ELSE idem_dedup.attempts + ?11 END,
+  fingerprint = CASE WHEN idem_dedup.status = 2 THEN excluded.fingerprint
+                     ELSE coalesce(idem_dedup.fingerprint, excluded.fingerprint) END,
+  result = NULL,
+  claim_origin = CASE idem_dedup.status WHEN 2 THEN 3 WHEN 1 THEN 1 ELSE 2 END
+WHERE NOT (excluded.fingerprint IS NOT NULL AND idem_dedup.fingerprint IS NOT NULL
+           AND idem_dedup.fingerprint <> excluded.fingerprint)
+  AND ((idem_dedup.status = 2 AND idem_dedup.expires_at <= ?9)
+       OR ((idem_dedup.status = 1
+            OR (idem_dedup.status = 0 AND idem_dedup.lease_until <= ?9))
+           AND (?10 = 0 OR idem_dedup.attempts < ?10)))
+)sql";
+// The ON CONFLICT clause of a plain insert: an id already held is left alone, and
+// sqlite3_changes() says whether the row was inserted.
+inline constexpr char kOnConflictDoNothing[] = "ON CONFLICT(scope, id) DO NOTHING\n";
+
+// BEGIN IMMEDIATE / COMMIT / ROLLBACK, prepared once per connection.
 struct TxnStatements {
   SqliteStmt begin_immediate;
   SqliteStmt commit;

@@ -21,10 +21,14 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "internal/owner.h"
 #include "internal/store_counters.h"
+#include "internal/strings.h"
 #include "internal/token.h"
+#include "sqlite_admin.h"
 #include "sqlite_internal.h"
 
 namespace idem {
@@ -54,7 +58,7 @@ using internal::WriteTxn;
 // (then neither the insert nor the update happens). The gate inside the statement costs less
 // than a separate version lookup before it, and keeps the claim one statement.
 //   ?1 scope  ?2 id  ?3 token  ?4 lease_until  ?5 fingerprint  ?6 expires_at
-//   ?7 version key  ?8 version  (takeover:) ?9 now  ?10 max_attempts
+//   ?7 version key  ?8 version  (takeover:) ?9 now  ?10 max_attempts  ?11 1
 constexpr char kClaimRow[] = R"sql(
 INSERT INTO idem_dedup(scope, id, status, token, lease_until, attempts, fingerprint, result,
                        expires_at, claim_origin)
@@ -67,31 +71,11 @@ SELECT ?1, ?2, 0, ?3, ?4, 1, ?5, NULL, ?6, 0
 WHERE NOT EXISTS (SELECT 1 FROM idem_versions AS v
                   WHERE v.scope = ?1 AND v.key = ?7 AND v.version >= ?8)
 )sql";
-constexpr char kIfFresh[] = "ON CONFLICT(scope, id) DO NOTHING\n";
-// The takeover takes only a claimable record: no fingerprint conflict, and either COMPLETED past
-// its retention (a fresh claim), or RELEASED / IN_PROGRESS with an expired lease below
-// max_attempts (attempts + 1). All SET expressions see the replaced row, which claim_origin
-// records for the read that follows (it sees only the new row). After the fresh insert found
-// the id held, the upsert's insert branch could only run if the row had vanished in between,
-// which the write lock rules out; it is kept so that the statement alone is a complete claim.
-constexpr char kOrTakeOver[] = R"sql(
-ON CONFLICT(scope, id) DO UPDATE SET
-  status = 0,
-  token = excluded.token,
-  lease_until = excluded.lease_until,
-  expires_at = excluded.expires_at,
-  attempts = CASE WHEN idem_dedup.status = 2 THEN 1 ELSE idem_dedup.attempts + 1 END,
-  fingerprint = CASE WHEN idem_dedup.status = 2 THEN excluded.fingerprint
-                     ELSE coalesce(idem_dedup.fingerprint, excluded.fingerprint) END,
-  result = NULL,
-  claim_origin = CASE idem_dedup.status WHEN 2 THEN 3 WHEN 1 THEN 1 ELSE 2 END
-WHERE NOT (excluded.fingerprint IS NOT NULL AND idem_dedup.fingerprint IS NOT NULL
-           AND idem_dedup.fingerprint <> excluded.fingerprint)
-  AND ((idem_dedup.status = 2 AND idem_dedup.expires_at <= ?9)
-       OR ((idem_dedup.status = 1
-            OR (idem_dedup.status = 0 AND idem_dedup.lease_until <= ?9))
-           AND (?10 = 0 OR idem_dedup.attempts < ?10)))
-)sql";
+// Each form ends in internal::kOnConflictDoNothing (the fresh claim) or
+// internal::kOnConflictTakeOver (the takeover, with ?9 now, ?10 max_attempts, ?11 = 1: a takeover
+// counts its attempt). After the fresh insert found the id held, the upsert's insert branch could
+// only run if the row had vanished in between, which the write lock rules out; it is kept so that
+// the statement alone is a complete claim.
 
 //   ?1 scope  ?2 id  ?3 token  ?4 expires_at  ?5 result  ?6 fingerprint
 constexpr char kCompleteSql[] = R"sql(
@@ -141,9 +125,10 @@ struct Statements {
   absl::StatusOr<TxnStatements> txn = internal::PrepareTxnStatements(db);
   if (!txn.ok()) return txn.status();
   s.txn = std::move(txn).value();
-  const std::string claim_sql[] = {
-      absl::StrCat(kClaimRow, kIfFresh), absl::StrCat(kClaimRowIfNewer, kIfFresh),
-      absl::StrCat(kClaimRow, kOrTakeOver), absl::StrCat(kClaimRowIfNewer, kOrTakeOver)};
+  const std::string claim_sql[] = {absl::StrCat(kClaimRow, internal::kOnConflictDoNothing),
+                                   absl::StrCat(kClaimRowIfNewer, internal::kOnConflictDoNothing),
+                                   absl::StrCat(kClaimRow, internal::kOnConflictTakeOver),
+                                   absl::StrCat(kClaimRowIfNewer, internal::kOnConflictTakeOver)};
   const std::pair<SqliteStmt*, const char*> all[] = {
       {&s.claim_fresh[0], claim_sql[0].c_str()},
       {&s.claim_fresh[1], claim_sql[1].c_str()},
@@ -307,7 +292,10 @@ class SqliteStore final : public DedupStore {
   }
 
   absl::Status Release(std::string_view scope, std::string_view id, uint64_t token) override {
-    if (absl::Status s = ValidateOwnerArgs(scope, id, token); !s.ok()) return s;
+    if (absl::Status s = internal::ValidateOwnerArgs(scope, id, token, options_.max_id_bytes);
+        !s.ok()) {
+      return s;
+    }
     absl::MutexLock lock(&mu_);
     WriteTxn txn(db_.get(), st_.txn);
     if (absl::Status s = txn.Begin("release"); !s.ok()) return s;
@@ -323,7 +311,10 @@ class SqliteStore final : public DedupStore {
 
   absl::StatusOr<int64_t> Extend(std::string_view scope, std::string_view id, uint64_t token,
                                  std::chrono::milliseconds lease) override {
-    if (absl::Status s = ValidateOwnerArgs(scope, id, token); !s.ok()) return s;
+    if (absl::Status s = internal::ValidateOwnerArgs(scope, id, token, options_.max_id_bytes);
+        !s.ok()) {
+      return s;
+    }
     if (absl::Status s = ValidateLease(lease); !s.ok()) return s;
     absl::MutexLock lock(&mu_);
     WriteTxn txn(db_.get(), st_.txn);
@@ -341,6 +332,7 @@ class SqliteStore final : public DedupStore {
   }
 
   absl::StatusOr<int64_t> PurgeExpired(int64_t limit) override {
+    if (absl::Status s = ValidatePurgeLimit(limit); !s.ok()) return s;
     absl::MutexLock lock(&mu_);
     WriteTxn txn(db_.get(), st_.txn);
     if (absl::Status s = txn.Begin("purge"); !s.ok()) return s;
@@ -398,22 +390,30 @@ class SqliteStore final : public DedupStore {
 
   std::string_view BackendName() const override { return "sqlite"; }
 
+  // Operator calls (sqlite_admin.cc). WaitForCompletion is the default: Inspect polled with
+  // backoff (another process may complete the claim, and SQLite tells nobody).
+  absl::StatusOr<ListPage> List(const ListRequest& request) override {
+    absl::MutexLock lock(&mu_);
+    return internal::SqliteList(db_.get(), request, clock_->NowMillis());
+  }
+  absl::Status ResetAttempts(std::string_view scope, std::string_view id,
+                             uint64_t token) override {
+    if (absl::Status s = internal::ValidateOwnerArgs(scope, id, token, options_.max_id_bytes);
+        !s.ok()) {
+      return s;
+    }
+    absl::MutexLock lock(&mu_);
+    const int64_t now = clock_->NowMillis();
+    return internal::SqliteResetAttempts(db_.get(), st_.txn, scope, id, token, now,
+                                         now + Retention());
+  }
+
  private:
   int64_t Retention() const { return options_.retention.count(); }
 
-  [[nodiscard]] absl::Status ValidateOwnerArgs(std::string_view scope, std::string_view id,
-                                               uint64_t token) {
-    if (absl::Status s = ValidateScope(scope); !s.ok()) return s;
-    if (absl::Status s = ValidateId(id, options_.max_id_bytes); !s.ok()) return s;
-    if (token == 0) return absl::InvalidArgumentError("token 0 is never issued by a claim");
-    return absl::OkStatus();
-  }
-
   [[nodiscard]] absl::Status Fenced(std::string_view operation) {
     internal::StoreCounters::Add(counters_.fenced);
-    return absl::AbortedError(
-        absl::StrCat("sqlite: ", std::string(operation),
-                     " refused: the token no longer owns the claim (lease lost)"));
+    return internal::FencedError("sqlite", operation);
   }
 
   // REQUIRES: inside a write transaction.
@@ -462,7 +462,7 @@ class SqliteStore final : public DedupStore {
     if (row->has_value()) {
       StmtRun run(st_.takeover[versioned].get(), "claim", "take over");
       bind(run);
-      run.Int64(9, now).Int64(10, request.max_attempts);
+      run.Int64(9, now).Int64(10, request.max_attempts).Int64(11, 1);
       if (absl::Status s = run.Run(); !s.ok()) return s;
     }
     if (row->has_value() && sqlite3_changes(db_.get()) == 1) {
@@ -556,20 +556,6 @@ class SqliteStore final : public DedupStore {
   internal::StoreCounters counters_;
 };
 
-const char* SynchronousPragma(SqliteSynchronous synchronous) {
-  switch (synchronous) {
-    case SqliteSynchronous::kOff:
-      return "PRAGMA synchronous = OFF";
-    case SqliteSynchronous::kNormal:
-      return "PRAGMA synchronous = NORMAL";
-    case SqliteSynchronous::kFull:
-      return "PRAGMA synchronous = FULL";
-    case SqliteSynchronous::kExtra:
-      return "PRAGMA synchronous = EXTRA";
-  }
-  return "PRAGMA synchronous = FULL";
-}
-
 [[nodiscard]] absl::Status ValidateOptions(const SqliteStoreOptions& options) {
   if (options.path.empty()) return absl::InvalidArgumentError("sqlite: path is empty");
   if (options.path.find('\0') != std::string::npos) {
@@ -609,6 +595,35 @@ const char* SynchronousPragma(SqliteSynchronous synchronous) {
 
 int SqliteSchemaVersion() { return internal::kSchemaVersion; }
 
+absl::StatusOr<SqliteSynchronous> ParseSqliteSynchronous(std::string_view name) {
+  for (SqliteSynchronous setting : {SqliteSynchronous::kOff, SqliteSynchronous::kNormal,
+                                    SqliteSynchronous::kFull, SqliteSynchronous::kExtra}) {
+    if (absl::EqualsIgnoreCase(internal::ToAbsl(name),
+                               internal::ToAbsl(SqliteSynchronousName(setting)))) {
+      return setting;
+    }
+  }
+  // A prefix only: the name may come from a URI or a flag of any length.
+  constexpr std::size_t kQuoted = 32;
+  return absl::InvalidArgumentError(
+      absl::StrCat("sqlite: synchronous must be off, normal, full or extra, got '",
+                   internal::ToAbsl(name.substr(0, kQuoted)), name.size() > kQuoted ? "…'" : "'"));
+}
+
+std::string_view SqliteSynchronousName(SqliteSynchronous synchronous) {
+  switch (synchronous) {
+    case SqliteSynchronous::kOff:
+      return "off";
+    case SqliteSynchronous::kNormal:
+      return "normal";
+    case SqliteSynchronous::kFull:
+      return "full";
+    case SqliteSynchronous::kExtra:
+      return "extra";
+  }
+  return "full";
+}
+
 absl::StatusOr<std::unique_ptr<DedupStore>> NewSqliteStore(SqliteStoreOptions options) {
   if (absl::Status s = ValidateOptions(options); !s.ok()) return s;
   sqlite3* raw = nullptr;
@@ -622,8 +637,8 @@ absl::StatusOr<std::unique_ptr<DedupStore>> NewSqliteStore(SqliteStoreOptions op
   sqlite3_extended_result_codes(db.get(), 1);
   sqlite3_busy_timeout(db.get(), static_cast<int>(options.busy_timeout.count()));
 
-  if (absl::Status s =
-          internal::Exec(db.get(), SynchronousPragma(options.synchronous), "set synchronous");
+  if (absl::Status s = internal::Exec(
+          db.get(), internal::SynchronousPragma(options.synchronous).c_str(), "set synchronous");
       !s.ok()) {
     return s;
   }

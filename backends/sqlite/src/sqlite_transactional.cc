@@ -1,5 +1,6 @@
-// Transactional mode (DESIGN.md §5): the dedup row, the handler's writes and the version gate
-// share one BEGIN IMMEDIATE transaction on the caller's connection, committed once (I2, I5).
+// Transactional mode (docs/design.md, "Modes"): the dedup row, the handler's writes and the
+// version gate share one BEGIN IMMEDIATE transaction on the caller's connection, committed once
+// (I2, I5). With max_attempts, a short transaction before it counts the attempt (see below).
 #include <sqlite3.h>
 
 #include <cstdint>
@@ -8,6 +9,7 @@
 #include <optional>
 #include <string>
 #include <utility>
+#include <variant>
 
 #include "absl/strings/str_cat.h"
 #include "idem/sqlite_store.h"
@@ -24,48 +26,61 @@ using internal::TokenToSql;
 using internal::TxnStatements;
 using internal::WriteTxn;
 
-// The dedup row is written directly as COMPLETED (the transaction commits it only together
-// with the handler's writes). As in lease mode, the common case is a plain insert that does
-// nothing when the id is held, without RETURNING (it costs SQLite two temporary tables per run):
-// sqlite3_changes() says it inserted, with attempts 1. Otherwise one read says why the id is held
-// (duplicate, conflict, live lease-mode claim); only a record a lease-mode consumer left claimable
-// (RELEASED, an expired lease, COMPLETED past its retention) goes on to the takeover upsert, which
-// decides in one statement.
-// There is no max_attempts here: a failed transaction leaves no trace to count.
-//   ?1 scope  ?2 id  ?3 token  ?4 fingerprint  ?5 expires_at  (takeover:) ?6 now
-constexpr char kInsertSql[] = R"sql(
+// The dedup row of a processed message is written directly as COMPLETED (the transaction commits
+// it only together with the handler's writes). As in lease mode, the common case is a plain insert
+// that does nothing when the id is held, without RETURNING (it costs SQLite two temporary tables
+// per run): sqlite3_changes() says it inserted, with attempts 1. Otherwise one read says why the
+// id is held (duplicate, conflict, live lease-mode claim); only a record left claimable (RELEASED,
+// an ended lease, COMPLETED past its retention) goes on to the takeover upsert, whose WHERE is
+// lease mode's (internal::kOnConflictTakeOver) and decides in one statement.
+//
+// Attempts and max_attempts. A handler that throws, or a process that dies inside the handler,
+// rolls the transaction back, and with it anything written in it: an attempt counted there would
+// never be seen. So with max_attempts > 0 each delivery first records its attempt in a short
+// transaction of its own, committed before the handler's transaction begins:
+//   1. attempt record (BEGIN IMMEDIATE … COMMIT): answers duplicate, conflict, in progress, stale
+//      or dead-lettered without writing; otherwise inserts the row as RELEASED with attempts 1, or
+//      takes a claimable row over as RELEASED with attempts + 1, below max_attempts only.
+//   2. the effect (BEGIN IMMEDIATE … COMMIT): takes the RELEASED row over as COMPLETED without
+//      counting again, runs the handler, applies the version gate, commits once.
+// Why this is correct under crashes and failures:
+//  - The effect still commits in one transaction with the COMPLETED row and the version (I2, I5):
+//    step 1 writes only the dedup row, never an effect or a version.
+//  - A crash or an exception after step 1 leaves the row RELEASED with the attempt counted, which
+//    is durable (committed with the connection's synchronous setting) before the handler runs;
+//    the handler's transaction is rolled back (SQLite's journal recovery after a crash). The next
+//    delivery counts the next attempt, and the one after max_attempts is dead-lettered.
+//  - A crash during step 1 leaves either nothing or the counted attempt (it is one transaction),
+//    and no effect ran.
+//  - RELEASED is a state every mode understands: a lease-mode claim may take the row over between
+//    the two steps (then step 2 sees its live claim and answers in progress), and step 2 takes
+//    over a row that another delivery's step 1 left RELEASED (that delivery then finds it
+//    COMPLETED: a duplicate). An attempt is counted per delivery that reaches step 2, so a
+//    concurrent redelivery counts even if it turns out a duplicate: max_attempts bounds how often
+//    the handler may be started, never how often it succeeds.
+// With max_attempts == 0 (unlimited) nothing needs counting: step 1 is skipped, a message costs
+// one transaction, and a failed run leaves no trace (the next run is attempt 1 again).
+//   ?1 scope  ?2 id  ?3 token  ?4 lease_until (always 0)  ?5 fingerprint  ?6 expires_at
+//   (takeover:) ?9 now  ?10 max_attempts  ?11 attempt increment (see kOnConflictTakeOver)
+constexpr char kCompletedRow[] = R"sql(
 INSERT INTO idem_dedup(scope, id, status, token, lease_until, attempts, fingerprint, result,
                        expires_at, claim_origin)
-VALUES(?1, ?2, 2, ?3, 0, 1, ?4, NULL, ?5, 0)
-ON CONFLICT(scope, id) DO NOTHING
+VALUES(?1, ?2, 2, ?3, ?4, 1, ?5, NULL, ?6, 0)
 )sql";
-constexpr char kTakeoverSql[] = R"sql(
+constexpr char kAttemptRow[] = R"sql(
 INSERT INTO idem_dedup(scope, id, status, token, lease_until, attempts, fingerprint, result,
                        expires_at, claim_origin)
-VALUES(?1, ?2, 2, ?3, 0, 1, ?4, NULL, ?5, 0)
-ON CONFLICT(scope, id) DO UPDATE SET
-  status = 2,
-  token = excluded.token,
-  lease_until = 0,
-  expires_at = excluded.expires_at,
-  attempts = CASE WHEN idem_dedup.status = 2 THEN 1 ELSE idem_dedup.attempts + 1 END,
-  fingerprint = CASE WHEN idem_dedup.status = 2 THEN excluded.fingerprint
-                     ELSE coalesce(idem_dedup.fingerprint, excluded.fingerprint) END,
-  result = NULL,
-  claim_origin = CASE idem_dedup.status WHEN 2 THEN 3 WHEN 1 THEN 1 ELSE 2 END
-WHERE NOT (excluded.fingerprint IS NOT NULL AND idem_dedup.fingerprint IS NOT NULL
-           AND idem_dedup.fingerprint <> excluded.fingerprint)
-  AND ((idem_dedup.status = 2 AND idem_dedup.expires_at <= ?6)
-       OR idem_dedup.status = 1
-       OR (idem_dedup.status = 0 AND idem_dedup.lease_until <= ?6))
+VALUES(?1, ?2, 1, ?3, ?4, 1, ?5, NULL, ?6, 0)
 )sql";
 
 constexpr char kSetResultSql[] = "UPDATE idem_dedup SET result = ?3 WHERE scope = ?1 AND id = ?2";
 
 struct Statements {
   TxnStatements txn;
-  SqliteStmt insert;
-  SqliteStmt takeover;
+  SqliteStmt insert;    // kCompletedRow, do nothing when held
+  SqliteStmt takeover;  // kCompletedRow, take a claimable row over
+  SqliteStmt insert_attempt;
+  SqliteStmt takeover_attempt;
   SqliteStmt select_row;
   SqliteStmt select_version;
   SqliteStmt raise_version;
@@ -77,9 +92,15 @@ struct Statements {
   absl::StatusOr<TxnStatements> txn = internal::PrepareTxnStatements(db);
   if (!txn.ok()) return txn.status();
   s.txn = std::move(txn).value();
+  const std::string insert = absl::StrCat(kCompletedRow, internal::kOnConflictDoNothing);
+  const std::string takeover = absl::StrCat(kCompletedRow, internal::kOnConflictTakeOver);
+  const std::string insert_attempt = absl::StrCat(kAttemptRow, internal::kOnConflictDoNothing);
+  const std::string takeover_attempt = absl::StrCat(kAttemptRow, internal::kOnConflictTakeOver);
   const std::pair<SqliteStmt*, const char*> all[] = {
-      {&s.insert, kInsertSql},
-      {&s.takeover, kTakeoverSql},
+      {&s.insert, insert.c_str()},
+      {&s.takeover, takeover.c_str()},
+      {&s.insert_attempt, insert_attempt.c_str()},
+      {&s.takeover_attempt, takeover_attempt.c_str()},
       {&s.select_row, internal::kSelectRowSql},
       {&s.select_version, internal::kSelectVersionSql},
       {&s.raise_version, internal::kRaiseVersionSql},
@@ -126,45 +147,72 @@ class SqliteTransactionalImpl final : public SqliteTransactional {
     std::optional<std::string_view> fingerprint;
     if (fingerprint_bytes) fingerprint = internal::AsView(*fingerprint_bytes);
 
+    // With max_attempts, the attempt is counted and committed first (step 1 above).
+    std::optional<uint32_t> counted;
+    if (options_.max_attempts > 0) {
+      absl::StatusOr<std::variant<uint32_t, ProcessResult>> step =
+          RecordAttempt(message, fingerprint);
+      if (!step.ok()) return step.status();
+      if (const ProcessResult* answered = std::get_if<ProcessResult>(&*step)) return *answered;
+      counted = std::get<uint32_t>(*step);
+    }
+
     WriteTxn txn(db_, st_.txn);
     if (absl::Status s = txn.Begin(kOperation); !s.ok()) return s;
     const int64_t now = clock_->NowMillis();
     const uint64_t token = tokens_();
-    auto bind = [&](StmtRun& run) {
-      run.Text(1, scope_).Blob(2, message.id).Int64(3, TokenToSql(token));
-      run.OptionalBlob(4, fingerprint).Int64(5, now + options_.retention.count());
-    };
-
     uint32_t attempt = 1;
-    {
-      StmtRun run(st_.insert.get(), kOperation, "insert record");
-      bind(run);
-      if (absl::Status s = run.Run(); !s.ok()) return s;
-    }
-    if (sqlite3_changes(db_) == 0) {
-      // The id exists. A duplicate, a conflict or a live lease-mode claim is answered from one
-      // read (the guard rolls back); only a record that looks claimable goes on to the takeover,
-      // a single upsert whose own WHERE decides, then a read of the attempts it wrote.
-      absl::StatusOr<std::optional<DedupRow>> row =
-          internal::ReadRow(st_.select_row.get(), scope_, message.id, kOperation);
-      if (!row.ok()) return row.status();
-      if (!row->has_value()) {
-        return absl::InternalError("sqlite: the dedup row was neither inserted nor held");
-      }
-      if (internal::ClassifyHeld(**row, fingerprint, now)) return Held(**row, fingerprint, now);
+    if (counted.has_value()) {
+      // The row is RELEASED with this attempt counted: one upsert takes it as COMPLETED without
+      // counting again. Anything else that happened in between (a live lease-mode claim, a
+      // completion by another delivery) is answered from one read.
+      attempt = *counted;
       {
         StmtRun run(st_.takeover.get(), kOperation, "take over record");
-        bind(run);
-        run.Int64(6, now);
+        BindRow(run, message.id, token, fingerprint, now);
+        run.Int64(9, now).Int64(10, 0).Int64(11, 0);
         if (absl::Status s = run.Run(); !s.ok()) return s;
       }
       if (sqlite3_changes(db_) == 0) {
-        return absl::InternalError("sqlite: a claimable dedup row was not taken over");
+        absl::StatusOr<std::optional<DedupRow>> row =
+            internal::ReadRow(st_.select_row.get(), scope_, message.id, kOperation);
+        if (!row.ok()) return row.status();
+        if (!row->has_value()) {
+          return absl::InternalError("sqlite: the dedup row was neither taken over nor held");
+        }
+        return Held(**row, fingerprint, now);
       }
-      row = internal::ReadRow(st_.select_row.get(), scope_, message.id, kOperation);
-      if (!row.ok()) return row.status();
-      if (!row->has_value()) return absl::InternalError("sqlite: a taken-over row is missing");
-      attempt = (*row)->attempts;
+    } else {
+      {
+        StmtRun run(st_.insert.get(), kOperation, "insert record");
+        BindRow(run, message.id, token, fingerprint, now);
+        if (absl::Status s = run.Run(); !s.ok()) return s;
+      }
+      if (sqlite3_changes(db_) == 0) {
+        // The id exists. A duplicate, a conflict or a live lease-mode claim is answered from one
+        // read (the guard rolls back); only a record that looks claimable goes on to the
+        // takeover, a single upsert whose own WHERE decides, then a read of the attempts it wrote.
+        absl::StatusOr<std::optional<DedupRow>> row =
+            internal::ReadRow(st_.select_row.get(), scope_, message.id, kOperation);
+        if (!row.ok()) return row.status();
+        if (!row->has_value()) {
+          return absl::InternalError("sqlite: the dedup row was neither inserted nor held");
+        }
+        if (internal::ClassifyHeld(**row, fingerprint, now)) return Held(**row, fingerprint, now);
+        {
+          StmtRun run(st_.takeover.get(), kOperation, "take over record");
+          BindRow(run, message.id, token, fingerprint, now);
+          run.Int64(9, now).Int64(10, 0).Int64(11, 1);
+          if (absl::Status s = run.Run(); !s.ok()) return s;
+        }
+        if (sqlite3_changes(db_) == 0) {
+          return absl::InternalError("sqlite: a claimable dedup row was not taken over");
+        }
+        row = internal::ReadRow(st_.select_row.get(), scope_, message.id, kOperation);
+        if (!row.ok()) return row.status();
+        if (!row->has_value()) return absl::InternalError("sqlite: a taken-over row is missing");
+        attempt = (*row)->attempts;
+      }
     }
 
     if (message.version) {
@@ -175,7 +223,8 @@ class SqliteTransactionalImpl final : public SqliteTransactional {
 
     HandlerContext context(/*store=*/nullptr, scope_, message.id, attempt, token);
     // An exception leaves through here: `txn`'s destructor rolls back the handler's writes and
-    // the dedup row together, and the exception travels on unchanged.
+    // the dedup row together, and the exception travels on unchanged. An attempt counted in step
+    // 1 stays counted.
     handler(db_, context);
     if (sqlite3_get_autocommit(db_) != 0) {
       return absl::FailedPreconditionError(
@@ -204,6 +253,69 @@ class SqliteTransactionalImpl final : public SqliteTransactional {
   }
 
  private:
+  // Binds the row both steps write: ?1 … ?6.
+  void BindRow(StmtRun& run, std::string_view id, uint64_t token,
+               std::optional<std::string_view> fingerprint, int64_t now) const {
+    run.Text(1, scope_).Blob(2, id).Int64(3, TokenToSql(token)).Int64(4, 0);
+    run.OptionalBlob(5, fingerprint).Int64(6, now + options_.retention.count());
+  }
+
+  // Step 1 with max_attempts: counts this delivery's attempt in a transaction of its own and
+  // commits it. Returns the attempt's number, or the answer when the message is not to run
+  // (duplicate, conflict, in progress, stale, dead-lettered; nothing written then).
+  [[nodiscard]] absl::StatusOr<std::variant<uint32_t, ProcessResult>> RecordAttempt(
+      const Message& message, std::optional<std::string_view> fingerprint) {
+    static constexpr char kStep[] = "transactional process: record attempt";
+    WriteTxn txn(db_, st_.txn);
+    if (absl::Status s = txn.Begin(kStep); !s.ok()) return s;
+    const int64_t now = clock_->NowMillis();
+    // A stale message counts no attempt; the effect's transaction checks again.
+    if (message.version) {
+      absl::StatusOr<bool> stale = IsStale(*message.version);
+      if (!stale.ok()) return stale.status();
+      if (*stale) return ProcessResult{.outcome = Outcome::kStale};
+    }
+    // The row's token is never presented by anyone (Process fences by transaction, not token);
+    // a fresh one keeps every token written unique.
+    const uint64_t token = tokens_();
+    uint32_t attempt = 1;
+    {
+      StmtRun run(st_.insert_attempt.get(), kStep, "insert record");
+      BindRow(run, message.id, token, fingerprint, now);
+      if (absl::Status s = run.Run(); !s.ok()) return s;
+    }
+    if (sqlite3_changes(db_) == 0) {
+      absl::StatusOr<std::optional<DedupRow>> row =
+          internal::ReadRow(st_.select_row.get(), scope_, message.id, kStep);
+      if (!row.ok()) return row.status();
+      if (!row->has_value()) {
+        return absl::InternalError("sqlite: the dedup row was neither inserted nor held");
+      }
+      if (internal::ClassifyHeld(**row, fingerprint, now)) return Held(**row, fingerprint, now);
+      {
+        StmtRun run(st_.takeover_attempt.get(), kStep, "take over record");
+        BindRow(run, message.id, token, fingerprint, now);
+        run.Int64(9, now).Int64(10, options_.max_attempts).Int64(11, 1);
+        if (absl::Status s = run.Run(); !s.ok()) return s;
+      }
+      if (sqlite3_changes(db_) == 0) {
+        // Claimable in shape but not taken: only max_attempts refuses that (ClassifyHeld answered
+        // the rest). Nothing was written.
+        if ((*row)->status != internal::kStatusCompleted &&
+            (*row)->attempts >= options_.max_attempts) {
+          return ProcessResult{.outcome = Outcome::kDeadLettered, .attempt = (*row)->attempts};
+        }
+        return absl::InternalError("sqlite: a claimable dedup row was not taken over");
+      }
+      row = internal::ReadRow(st_.select_row.get(), scope_, message.id, kStep);
+      if (!row.ok()) return row.status();
+      if (!row->has_value()) return absl::InternalError("sqlite: a counted row is missing");
+      attempt = (*row)->attempts;
+    }
+    if (absl::Status s = txn.Commit(kStep); !s.ok()) return s;
+    return attempt;
+  }
+
   // Why the insert and the takeover did not take the id held in `row`.
   [[nodiscard]] static absl::StatusOr<ProcessResult> Held(
       const DedupRow& row, std::optional<std::string_view> fingerprint, int64_t now) {

@@ -3,7 +3,6 @@
 #include <string_view>
 #include <utility>
 
-#include "absl/strings/ascii.h"
 #include "idem/sqlite_store.h"
 #include "internal/status_macros.h"
 #include "internal/strings.h"
@@ -13,15 +12,6 @@ namespace idem {
 namespace {
 
 constexpr std::string_view kScheme = "sqlite";
-
-absl::StatusOr<SqliteSynchronous> ParseSynchronous(std::string_view value) {
-  const std::string v = absl::AsciiStrToLower(internal::ToAbsl(value));
-  if (v == "off") return SqliteSynchronous::kOff;
-  if (v == "normal") return SqliteSynchronous::kNormal;
-  if (v == "full") return SqliteSynchronous::kFull;
-  if (v == "extra") return SqliteSynchronous::kExtra;
-  return internal::UriError(kScheme, "synchronous must be off, normal, full or extra");
-}
 
 }  // namespace
 
@@ -40,7 +30,11 @@ absl::StatusOr<SqliteStoreOptions> ParseSqliteUri(std::string_view text) {
   for (const internal::UriOption& option : uri.query) {
     const std::string& name = option.name;
     if (name == "synchronous") {
-      IDEM_ASSIGN_OR_RETURN(options.synchronous, ParseSynchronous(option.value));
+      absl::StatusOr<SqliteSynchronous> synchronous = ParseSqliteSynchronous(option.value);
+      if (!synchronous.ok()) {
+        return internal::UriError(kScheme, "synchronous must be off, normal, full or extra");
+      }
+      options.synchronous = *synchronous;
     } else if (name == "busy_timeout_ms") {
       IDEM_ASSIGN_OR_RETURN(const int64_t ms, internal::ParseUriInteger(kScheme, name, option.value,
                                                                         1, kMaxMillis));

@@ -140,6 +140,25 @@ TEST_F(SqliteStoreTest, NewerSchemaIsFailedPrecondition) {
               StatusIs(absl::StatusCode::kFailedPrecondition));
 }
 
+TEST(SqliteSynchronousNames, ParseReadsBackEveryNameInAnyCaseAndRefusesTheRest) {
+  for (SqliteSynchronous setting : {SqliteSynchronous::kOff, SqliteSynchronous::kNormal,
+                                    SqliteSynchronous::kFull, SqliteSynchronous::kExtra}) {
+    const std::string name(SqliteSynchronousName(setting));
+    EXPECT_THAT(ParseSqliteSynchronous(name), IsOkAndHolds(setting)) << name;
+    std::string upper = name;
+    std::transform(upper.begin(), upper.end(), upper.begin(), ::toupper);
+    EXPECT_THAT(ParseSqliteSynchronous(upper), IsOkAndHolds(setting)) << upper;
+  }
+  EXPECT_EQ(SqliteSynchronousName(SqliteSynchronous::kNormal), "normal");
+  for (std::string_view bad : {"", "sometimes", "2", "ful", "full "}) {
+    EXPECT_THAT(ParseSqliteSynchronous(bad), StatusIs(absl::StatusCode::kInvalidArgument)) << bad;
+  }
+  // A long value is quoted by a short prefix only.
+  const absl::StatusOr<SqliteSynchronous> huge = ParseSqliteSynchronous(std::string(1 << 20, 'x'));
+  EXPECT_THAT(huge, StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_LT(huge.status().message().size(), 200u);
+}
+
 TEST_F(SqliteStoreTest, SynchronousOptionIsAppliedToTheConnection) {
   const std::pair<SqliteSynchronous, int> cases[] = {{SqliteSynchronous::kOff, 0},
                                                      {SqliteSynchronous::kNormal, 1},
@@ -182,18 +201,20 @@ TEST_F(SqliteStoreTest, TakeoverOfExpiredLeaseIsOneStatement) {
   std::unique_ptr<DedupStore> store = MustOpen();
   ASSERT_NE(store, nullptr);
   ASSERT_EQ(capture.opened().size(), 1u);
+  sqlite3* store_db = capture.opened()[0];
   IDEM_ASSERT_OK_AND_ASSIGN(ClaimResult first, store->Claim(ClaimOf("m-1")));
   ASSERT_EQ(first.status, ClaimStatus::kAcquired);
   clock_.Advance(kLease.count());
 
-  StatementTrace trace(capture.opened()[0]);
+  StatementTrace trace(store_db);
+  const int64_t changes_before = sqlite3_total_changes64(store_db);
   IDEM_ASSERT_OK_AND_ASSIGN(ClaimResult takeover, store->Claim(ClaimOf("m-1")));
   EXPECT_EQ(takeover.status, ClaimStatus::kAcquired);
   EXPECT_TRUE(takeover.took_over);
   EXPECT_EQ(takeover.attempt, 2u);
   // The lock; the fresh insert, which leaves an existing id alone; a read that finds the record
   // claimable in shape; one upsert whose own WHERE decides and writes the takeover; a read of the
-  // attempts it wrote; the commit. No write depends on what the first read saw.
+  // attempts it wrote; the commit.
   EXPECT_THAT(trace.statements(),
               ElementsAre("BEGIN IMMEDIATE",
                           AllOf(StartsWith("INSERT INTO idem_dedup"), HasSubstr("DO NOTHING")),
@@ -201,7 +222,49 @@ TEST_F(SqliteStoreTest, TakeoverOfExpiredLeaseIsOneStatement) {
                           AllOf(StartsWith("INSERT INTO idem_dedup"),
                                 HasSubstr("ON CONFLICT(scope, id) DO UPDATE SET")),
                           StartsWith("SELECT status"), "COMMIT"));
+  EXPECT_EQ(sqlite3_total_changes64(store_db) - changes_before, 1)
+      << "exactly one statement wrote: the takeover";
   EXPECT_EQ(store->Stats().takeovers, 1u);
+  ASSERT_EQ(trace.statements().size(), 6u);
+
+  // That one statement is the whole takeover: run alone, on another connection and with no read
+  // before it, it refuses a live lease and takes over an ended one. So no write depends on what
+  // the read before it saw.
+  IDEM_ASSERT_OK_AND_ASSIGN(ClaimResult live, store->Claim(ClaimOf("m-2")));
+  ASSERT_EQ(live.status, ClaimStatus::kAcquired);
+  RawDb raw = OpenRaw(path_);
+  sqlite3_stmt* upsert = nullptr;
+  ASSERT_EQ(sqlite3_prepare_v2(raw.get(), trace.statements()[3].c_str(), -1, &upsert, nullptr),
+            SQLITE_OK)
+      << sqlite3_errmsg(raw.get());
+  constexpr int64_t kToken = 777;
+  auto run_alone = [&](int64_t now) {
+    sqlite3_reset(upsert);
+    sqlite3_clear_bindings(upsert);
+    sqlite3_bind_text(upsert, 1, kScope, -1, SQLITE_STATIC);
+    sqlite3_bind_blob(upsert, 2, "m-2", 3, SQLITE_STATIC);
+    sqlite3_bind_int64(upsert, 3, kToken);
+    sqlite3_bind_int64(upsert, 4, now + kLease.count());
+    sqlite3_bind_null(upsert, 5);
+    sqlite3_bind_int64(upsert, 6, now + kLease.count() + 1'000);
+    sqlite3_bind_int64(upsert, 9, now);
+    sqlite3_bind_int64(upsert, 10, 0);
+    sqlite3_bind_int64(upsert, 11, 1);
+    EXPECT_EQ(sqlite3_step(upsert), SQLITE_DONE) << sqlite3_errmsg(raw.get());
+    return sqlite3_changes(raw.get());
+  };
+  EXPECT_EQ(run_alone(clock_.NowMillis()), 0) << "a live lease must not be taken";
+  IDEM_ASSERT_OK_AND_ASSIGN(std::optional<RecordInfo> held, store->Inspect(kScope, "m-2"));
+  ASSERT_TRUE(held.has_value());
+  EXPECT_EQ(held->token, live.token);
+  clock_.Advance(kLease.count());
+  EXPECT_EQ(run_alone(clock_.NowMillis()), 1) << "an ended lease is taken by the statement alone";
+  sqlite3_finalize(upsert);
+  IDEM_ASSERT_OK_AND_ASSIGN(std::optional<RecordInfo> taken, store->Inspect(kScope, "m-2"));
+  ASSERT_TRUE(taken.has_value());
+  EXPECT_EQ(taken->state, RecordState::kInProgress);
+  EXPECT_EQ(taken->token, static_cast<uint64_t>(kToken));
+  EXPECT_EQ(taken->attempts, 2u);
 }
 
 TEST_F(SqliteStoreTest, FreshClaimIsOnePlainInsertWithoutReturning) {

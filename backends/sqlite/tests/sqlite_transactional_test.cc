@@ -1,11 +1,14 @@
 // Transactional mode: the handler's writes, the dedup row and the version gate commit together
 // on the caller's connection, or not at all (I2, I5).
 #include <sqlite3.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
@@ -179,6 +182,161 @@ TEST_F(SqliteTransactionalTest, ThrowingHandlerRollsBackEverythingAndTheExceptio
                                          }));
   EXPECT_EQ(retry.outcome, Outcome::kProcessed);
   EXPECT_EQ(Effects(), 1);
+}
+
+// A transactional processor on the fixture's connection with max_attempts.
+std::unique_ptr<SqliteTransactional> WithMaxAttempts(sqlite3* db, Clock* clock,
+                                                     uint32_t max_attempts) {
+  absl::StatusOr<std::unique_ptr<SqliteTransactional>> tx = SqliteTransactional::Create(
+      db, std::string(kScope), {.clock = clock, .max_attempts = max_attempts});
+  EXPECT_TRUE(tx.ok()) << tx.status();
+  return tx.ok() ? std::move(tx).value() : nullptr;
+}
+
+TEST_F(SqliteTransactionalTest, PoisonMessageThatAlwaysThrowsIsDeadLetteredAfterMaxAttempts) {
+  std::unique_ptr<SqliteTransactional> tx = WithMaxAttempts(db_.get(), &clock_, 3);
+  ASSERT_NE(tx, nullptr);
+  std::vector<uint32_t> attempts;
+  auto poison = [&](sqlite3* db, HandlerContext& ctx) {
+    attempts.push_back(ctx.attempt());
+    WriteEffect(db, ctx);
+    throw HandlerError("cannot parse");
+  };
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_THROW((void)tx->Process({.id = "poison", .payload = "p"}, poison), HandlerError);
+    EXPECT_NE(sqlite3_get_autocommit(db_.get()), 0);
+  }
+  EXPECT_THAT(attempts, ElementsAre(1u, 2u, 3u)) << "each rolled-back run was counted";
+  IDEM_ASSERT_OK_AND_ASSIGN(ProcessResult dead,
+                            tx->Process({.id = "poison", .payload = "p"}, poison));
+  EXPECT_EQ(dead.outcome, Outcome::kDeadLettered);
+  EXPECT_EQ(dead.attempt, 3u);
+  EXPECT_EQ(attempts.size(), 3u) << "a dead-lettered message's handler must not run";
+  EXPECT_EQ(Effects(), 0) << "every throwing run rolled back its effect";
+  // The record keeps the count, RELEASED: claimable, as a lease-mode consumer would leave it.
+  EXPECT_EQ(QueryInt(db_.get(), "SELECT attempts FROM idem_dedup"), 3);
+  EXPECT_EQ(QueryInt(db_.get(), "SELECT status FROM idem_dedup"), 1);
+  // Another message is unaffected, and a success after failures commits once with its attempt.
+  int fails = 1;
+  auto flaky = [&](sqlite3* db, HandlerContext& ctx) {
+    WriteEffect(db, ctx);
+    if (fails-- > 0) throw HandlerError("timeout");
+    ctx.set_result(absl::StrCat("attempt ", ctx.attempt()));
+  };
+  EXPECT_THROW((void)tx->Process({.id = "flaky", .payload = "p"}, flaky), HandlerError);
+  IDEM_ASSERT_OK_AND_ASSIGN(ProcessResult ok, tx->Process({.id = "flaky", .payload = "p"}, flaky));
+  EXPECT_EQ(ok.outcome, Outcome::kProcessed);
+  EXPECT_EQ(ok.attempt, 2u);
+  EXPECT_THAT(ok.result, Optional(std::string("attempt 2")));
+  EXPECT_EQ(Effects(), 1);
+  IDEM_ASSERT_OK_AND_ASSIGN(ProcessResult dup, tx->Process({.id = "flaky", .payload = "p"}, flaky));
+  EXPECT_EQ(dup.outcome, Outcome::kDuplicate);
+  EXPECT_EQ(QueryInt(db_.get(), "SELECT attempts FROM idem_dedup WHERE id = CAST('flaky' AS BLOB)"),
+            2)
+      << "a duplicate counts no attempt";
+}
+
+TEST_F(SqliteTransactionalTest, WithMaxAttemptsTheCountIsCommittedBeforeTheHandlersTransaction) {
+  std::unique_ptr<SqliteTransactional> tx = WithMaxAttempts(db_.get(), &clock_, 5);
+  ASSERT_NE(tx, nullptr);
+  StatementTrace trace(db_.get());
+  IDEM_ASSERT_OK_AND_ASSIGN(ProcessResult first,
+                            tx->Process({.id = "pay-1", .payload = "p"}, WriteEffect));
+  EXPECT_EQ(first.outcome, Outcome::kProcessed);
+  EXPECT_EQ(first.attempt, 1u);
+  // Step 1 commits the attempt (the row RELEASED); step 2 takes it as COMPLETED in one upsert, in
+  // the same transaction as the handler's write.
+  EXPECT_THAT(trace.statements(),
+              ElementsAre("BEGIN IMMEDIATE",
+                          AllOf(StartsWith("INSERT INTO idem_dedup"), HasSubstr("DO NOTHING")),
+                          "COMMIT", "BEGIN IMMEDIATE",
+                          AllOf(StartsWith("INSERT INTO idem_dedup"), HasSubstr("DO UPDATE SET")),
+                          StartsWith("INSERT INTO effects"), "COMMIT"));
+  // A duplicate is answered by step 1 alone, writing nothing.
+  trace.Clear();
+  IDEM_ASSERT_OK_AND_ASSIGN(ProcessResult dup,
+                            tx->Process({.id = "pay-1", .payload = "p"}, WriteEffect));
+  EXPECT_EQ(dup.outcome, Outcome::kDuplicate);
+  EXPECT_THAT(trace.statements(), ElementsAre("BEGIN IMMEDIATE", HasSubstr("DO NOTHING"),
+                                              StartsWith("SELECT status"), "ROLLBACK"));
+  // So is a stale version: nothing is counted for it.
+  IDEM_ASSERT_OK(tx->Process(
+      {.id = "v-2", .payload = "p", .version = VersionStamp{.key = "acct", .version = 2}},
+      WriteEffect));
+  IDEM_ASSERT_OK_AND_ASSIGN(
+      ProcessResult stale,
+      tx->Process(
+          {.id = "v-1", .payload = "p", .version = VersionStamp{.key = "acct", .version = 1}},
+          WriteEffect));
+  EXPECT_EQ(stale.outcome, Outcome::kStale);
+  EXPECT_EQ(QueryInt(db_.get(), "SELECT count(*) FROM idem_dedup WHERE id = CAST('v-1' AS BLOB)"),
+            0);
+  EXPECT_EQ(Effects(), 2);
+}
+
+TEST_F(SqliteTransactionalTest, AttemptsOfLeaseModeCountTowardsMaxAttempts) {
+  // Both modes take a held row by one rule (the same takeover clause): a record that lease-mode
+  // consumers released max_attempts times is dead-lettered by transactional mode too.
+  std::unique_ptr<DedupStore> store = LeaseStore();
+  ASSERT_NE(store, nullptr);
+  for (int i = 0; i < 2; ++i) {
+    IDEM_ASSERT_OK_AND_ASSIGN(ClaimResult claim, store->Claim({.scope = kScope, .id = "pay-1"}));
+    ASSERT_EQ(claim.status, ClaimStatus::kAcquired);
+    IDEM_ASSERT_OK(store->Release(kScope, "pay-1", claim.token));
+  }
+  int runs = 0;
+  auto counted = [&](sqlite3*, HandlerContext&) { ++runs; };
+  std::unique_ptr<SqliteTransactional> tx = WithMaxAttempts(db_.get(), &clock_, 2);
+  ASSERT_NE(tx, nullptr);
+  IDEM_ASSERT_OK_AND_ASSIGN(ProcessResult dead,
+                            tx->Process({.id = "pay-1", .payload = "p"}, counted));
+  EXPECT_EQ(dead.outcome, Outcome::kDeadLettered);
+  EXPECT_EQ(runs, 0);
+  std::unique_ptr<SqliteTransactional> more = WithMaxAttempts(db_.get(), &clock_, 3);
+  ASSERT_NE(more, nullptr);
+  IDEM_ASSERT_OK_AND_ASSIGN(ProcessResult third,
+                            more->Process({.id = "pay-1", .payload = "p"}, counted));
+  EXPECT_EQ(third.outcome, Outcome::kProcessed);
+  EXPECT_EQ(third.attempt, 3u);
+  EXPECT_EQ(runs, 1);
+}
+
+TEST_F(SqliteTransactionalTest, AttemptsSurviveAProcessThatDiesInsideTheHandler) {
+  // Each child opens its own connection (a connection must not cross fork()), counts its attempt
+  // and dies in the middle of the handler's transaction, after writing an effect.
+  constexpr int kCrashed = 42;
+  for (int i = 0; i < 2; ++i) {
+    const pid_t pid = fork();
+    if (pid == 0) {
+      RawDb child = OpenRaw(path_);
+      absl::StatusOr<std::unique_ptr<SqliteTransactional>> tx = SqliteTransactional::Create(
+          child.get(), std::string(kScope), {.clock = &clock_, .max_attempts = 2});
+      if (!tx.ok()) _exit(1);
+      (void)(*tx)->Process({.id = "crash", .payload = "p"}, [](sqlite3* db, HandlerContext& ctx) {
+        WriteEffect(db, ctx);
+        _exit(kCrashed);
+      });
+      _exit(2);
+    }
+    ASSERT_GT(pid, 0);
+    int status = 0;
+    ASSERT_EQ(waitpid(pid, &status, 0), pid);
+    ASSERT_TRUE(WIFEXITED(status));
+    ASSERT_EQ(WEXITSTATUS(status), kCrashed);
+  }
+  // The crashed transactions were rolled back (the hot journal is replayed on the next read);
+  // the attempts, committed before them, were not.
+  EXPECT_EQ(Effects(), 0);
+  EXPECT_EQ(QueryInt(db_.get(), "SELECT attempts FROM idem_dedup"), 2);
+  std::unique_ptr<SqliteTransactional> tx = WithMaxAttempts(db_.get(), &clock_, 2);
+  ASSERT_NE(tx, nullptr);
+  int runs = 0;
+  IDEM_ASSERT_OK_AND_ASSIGN(
+      ProcessResult dead,
+      tx->Process({.id = "crash", .payload = "p"}, [&](sqlite3*, HandlerContext&) { ++runs; }));
+  EXPECT_EQ(dead.outcome, Outcome::kDeadLettered);
+  EXPECT_EQ(dead.attempt, 2u);
+  EXPECT_EQ(runs, 0);
 }
 
 TEST_F(SqliteTransactionalTest, VersionGateCommitsAtomicallyWithTheEffect) {

@@ -6,8 +6,8 @@
 //   kDeadLetter  produce the message to the dead-letter topic with headers idem-reason,
 //                idem-source-topic, idem-source-partition, idem-source-offset; wait for the
 //                broker's acknowledgement; then store the offset
-//   kRedeliver,  pause the partition; after the delay resume it and seek it back to this
-//   kRetry       message; the messages after it in that partition are not stored (they come again)
+//   kRedeliver,  pause the partition and hold this message and the later fetched ones of it in
+//   kRetry       memory; after the delay they go through again, in offset order (no seek)
 //
 // So an offset is never stored, hence never committed, past a message without a final outcome
 // (enable.auto.offset.store=false; the commit is librdkafka's auto-commit of stored offsets,
@@ -15,10 +15,15 @@
 // gets the partition: they are delivered again and are kDuplicate in the store.
 //
 // Order: a partition that waits is paused, and messages of it that were already fetched are
-// dropped, so no later message of that partition starts before the earlier one has an outcome
+// held behind the waiting one, so no later message of that partition starts before the earlier one has an outcome
 // in a later poll. Inside one poll's batch ProcessBatch has already run the later messages of a
 // partition whose earlier message turned out kInProgress or failed: they are completed, not
 // stored, and come again as kDuplicate (their effect ran before the earlier message's).
+//
+// A copy of a message that this same batch claimed and completed (a producer retry that wrote
+// the record twice, back to back) gets kInProgress from ProcessBatch, since the first copy's claim
+// is open until the batch completes; it is retried at once (and comes back kDuplicate) rather
+// than after the lease.
 //
 // Message ids: the header `id_header` (the producer's id, so a producer retry that wrote the
 // record twice is a kDuplicate); without it "<topic>/<partition>/<offset>" (which only dedups
@@ -26,7 +31,7 @@
 // `version_header`, when that header is present.
 //
 // A handler exception: ProcessBatch completes what was handled and releases the rest (a release
-// counts an attempt); every partition of the batch is sought back to its first message of the
+// counts an attempt); every partition of the batch is held from its first message of the
 // batch and retried after a backoff, and the next `batch` messages go through ProcessBatch one at
 // a time, so the thrower alone uses up its attempts and is dead-lettered at max_attempts. The
 // messages released by that first exception carry one extra attempt: keep max_attempts >= 2.

@@ -11,7 +11,8 @@
 //  - SqliteTransactional: exactly-once effect. The library opens the transaction on the caller's
 //    connection, inserts the dedup row, runs the handler with that connection, applies the
 //    version gate and commits once. A duplicate or stale event rolls back; a throwing handler
-//    rolls back everything and the exception propagates unchanged.
+//    rolls back everything and the exception propagates unchanged (with max_attempts, its
+//    attempt stays counted, by a write committed before the handler's transaction).
 //
 // Thread-safety: a store from NewSqliteStore is safe for concurrent use. A SqliteTransactional
 // uses the caller's connection and is as thread-safe as that connection: one thread at a time.
@@ -36,7 +37,15 @@ struct sqlite3;
 
 namespace idem {
 
+// PRAGMA synchronous of the store's connection: when SQLite waits for the disk (fsync).
 enum class SqliteSynchronous { kOff, kNormal, kFull, kExtra };
+
+// Reads a synchronous setting by its SQLite name: "off", "normal", "full" or "extra", in any
+// letter case. The one spelling shared by URIs, the simulator's flags and the benchmarks.
+// InvalidArgument for anything else (the message quotes at most a short prefix of `name`).
+[[nodiscard]] absl::StatusOr<SqliteSynchronous> ParseSqliteSynchronous(std::string_view name);
+// "off", "normal", "full" or "extra": the name ParseSqliteSynchronous reads back.
+std::string_view SqliteSynchronousName(SqliteSynchronous synchronous);
 
 struct SqliteStoreOptions {
   // Path of the database file; created if absent.
@@ -81,10 +90,18 @@ struct SqliteTransactionalOptions {
   std::size_t max_id_bytes = kDefaultMaxIdBytes;
   bool fingerprint_payloads = true;
   Clock* clock = nullptr;  // nullptr: SystemClock()
+  // 0: unlimited. Otherwise a message whose handler was started this many times without
+  // committing (it threw, or its process died) yields kDeadLettered and is not run again, as in
+  // lease mode. Each delivery then records its attempt in a short transaction of its own,
+  // committed before the handler's transaction, so that the count survives the rollback of a
+  // throwing handler and a crash; the effect still commits in one transaction. That costs one
+  // more commit per processed message. With 0 a failed run leaves no trace and the next run is
+  // attempt 1 again.
+  uint32_t max_attempts = 0;
 };
 
-// Transactional mode on a caller's connection (DESIGN.md §5): I2 exactly-once effect for the
-// handler's writes on `db`.
+// Transactional mode on a caller's connection (docs/design.md, "Modes"): I2 exactly-once effect
+// for the handler's writes on `db`.
 class SqliteTransactional {
  public:
   // Creates (or migrates) the idem tables in `db`'s main database and prepares the statements
@@ -99,13 +116,15 @@ class SqliteTransactional {
 
   // BEGIN IMMEDIATE; insert the dedup row; check the version gate; run `handler(db, context)`;
   // raise the version; COMMIT. Returns kProcessed after the commit; kDuplicate, kStale,
-  // kConflict or kInProgress (a live lease-mode claim holds the id) after a rollback with the
-  // handler not run. A store error rolls back and returns a status (Unavailable when busy: the
-  // wait is the connection's busy timeout, none unless the caller set one). A handler exception
-  // rolls back and propagates unchanged. Also FailedPrecondition, with nothing applied: `db` was
-  // already inside a transaction, or COMMIT failed on the handler's writes (a deferred
-  // constraint). If the handler itself ends the transaction (COMMIT or ROLLBACK on `db`), the
-  // result is FailedPrecondition and neither the version nor the result was recorded.
+  // kConflict, kInProgress (a live lease-mode claim holds the id) or, with max_attempts,
+  // kDeadLettered after a rollback with the handler not run. With max_attempts the attempt is
+  // first counted and committed on its own (the record is RELEASED until the effect commits). A
+  // store error rolls back and returns a status (Unavailable when busy: the wait is the
+  // connection's busy timeout, none unless the caller set one). A handler exception rolls back and
+  // propagates unchanged. Also FailedPrecondition, with nothing applied: `db` was already inside a
+  // transaction, or COMMIT failed on the handler's writes (a deferred constraint). If the handler
+  // itself ends the transaction (COMMIT or ROLLBACK on `db`), the result is FailedPrecondition and
+  // neither the version nor the result was recorded.
   [[nodiscard]] virtual absl::StatusOr<ProcessResult> Process(const Message& message,
                                                               SqliteHandler handler) = 0;
 };

@@ -100,6 +100,11 @@ struct SimConfig {
   int64_t lease_ms = 1000;
   // Messages per ProcessBatch call (lease mode); 1: Process one at a time.
   int batch = 1;
+  // Real milliseconds a consumer process waits for an in-flight duplicate to finish
+  // (ProcessorOptions::wait_for_in_flight) instead of answering InProgress at once. 0: no wait.
+  // Consumer processes only: the in-process scheduler runs one consumer at a time, so a waiting
+  // consumer would stall the one it waits for.
+  int64_t wait_ms = 0;
   Sabotage sabotage = Sabotage::kNone;
 };
 
