@@ -47,9 +47,9 @@ absl::StatusOr<MemoryStoreOptions> ParseMemoryUri(std::string_view text) {
                                                                        1, 512 * 1024 * 1024));
       store_options.max_id_bytes = static_cast<std::size_t>(n);
     } else {
-      return internal::UnknownUriOption(kScheme, name,
-                                        {"capacity", "max_version_keys", "evict", "retention_ms",
-                                         "shards", "max_id_bytes"});
+      return internal::UnknownUriOption(
+          kScheme, name,
+          {"capacity", "max_version_keys", "evict", "retention_ms", "shards", "max_id_bytes"});
     }
   }
   return store_options;

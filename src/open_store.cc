@@ -44,15 +44,14 @@ absl::StatusOr<std::unique_ptr<DedupStore>> OpenStore(std::string_view uri,
   for (const internal::SchemeEntry& entry : internal::kSchemes) {
     if (entry.scheme != scheme) continue;
     if (entry.open == nullptr) {
-      return absl::UnimplementedError(absl::StrCat(
-          scheme, ": URIs need the ", internal::ToAbsl(entry.backend),
-          " backend, which this build of idem does not have"));
+      return absl::UnimplementedError(
+          absl::StrCat(scheme, ": URIs need the ", internal::ToAbsl(entry.backend),
+                       " backend, which this build of idem does not have"));
     }
     return entry.open(uri, options);
   }
-  return absl::InvalidArgumentError(absl::StrCat("unknown store URI scheme ",
-                                                 internal::QuoteForError(scheme),
-                                                 ": expected one of ", known));
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown store URI scheme ", internal::QuoteForError(scheme), ": expected one of ", known));
 }
 
 }  // namespace idem

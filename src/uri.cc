@@ -108,7 +108,8 @@ absl::StatusOr<Uri> Parse(std::string_view text, std::vector<Span>* secrets) {
     pos = authority_end;
     // After a non-empty authority a raw '@' can only be the end of a userinfo whose password held
     // an unescaped '/' or '?': refuse it rather than read half a password as a path or query.
-    if (authority_end > scheme->second + 2 && text.find('@', authority_end) != std::string_view::npos) {
+    if (authority_end > scheme->second + 2 &&
+        text.find('@', authority_end) != std::string_view::npos) {
       return UriError(s, "'@' after the host: percent-encode '/', '?' and '@' in a password");
     }
   }
@@ -179,8 +180,8 @@ bool IsSecretOptionName(std::string_view name) {
 }
 
 absl::Status UriError(std::string_view scheme, std::string_view what) {
-  return absl::InvalidArgumentError(absl::StrCat("malformed ", ToAbsl(scheme), ": URI: ",
-                                                 ToAbsl(what)));
+  return absl::InvalidArgumentError(
+      absl::StrCat("malformed ", ToAbsl(scheme), ": URI: ", ToAbsl(what)));
 }
 
 std::string QuoteForError(std::string_view value) {
@@ -214,12 +215,12 @@ absl::Status UnknownUriOption(std::string_view scheme, std::string_view name,
 absl::StatusOr<int64_t> ParseUriInteger(std::string_view scheme, std::string_view what,
                                         std::string_view value, int64_t min, int64_t max) {
   int64_t n = 0;
-  const bool digits = !value.empty() && value.size() <= 18 &&
-                      std::all_of(value.begin(), value.end(),
-                                  [](char c) { return c >= '0' && c <= '9'; });
+  const bool digits =
+      !value.empty() && value.size() <= 18 &&
+      std::all_of(value.begin(), value.end(), [](char c) { return c >= '0' && c <= '9'; });
   if (!digits || !absl::SimpleAtoi(ToAbsl(value), &n) || n < min || n > max) {
-    return UriError(scheme, absl::StrCat(ToAbsl(what), " must be an integer from ", min, " to ",
-                                         max));
+    return UriError(scheme,
+                    absl::StrCat(ToAbsl(what), " must be an integer from ", min, " to ", max));
   }
   return n;
 }

@@ -1,6 +1,8 @@
 // The store URI grammar, OpenStore's dispatch and RedactUri: exact codes per input, the shapes of
 // password that redaction once missed, bounded error texts, and a property test over generated
 // URIs that the password never appears in a redacted URI or in a status.
+#include "internal/uri.h"
+
 #include <cctype>
 #include <cstdint>
 #include <random>
@@ -11,7 +13,6 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "idem/open_store.h"
-#include "internal/uri.h"
 #include "testing/status_matchers.h"
 
 namespace idem {
@@ -47,10 +48,10 @@ TEST(ParseUri, SplitsEveryPart) {
 }
 
 TEST(ParseUri, RefusesWhatItCannotReadSafely) {
-  for (const char* text : {"", "noscheme", ":x", "1redis://h", "redis://h#frag",
-                           "redis://u:pa/ss@host/0", "redis://u:12?a=b@host", "redis://h:",
-                           "redis://h:65536", "redis://h:x", "redis://[::1", "redis://[]:1",
-                           "redis://h/%zz", "redis://h?=1", "redis://h?a", "redis://h?a=1&a=2"}) {
+  for (const char* text :
+       {"", "noscheme", ":x", "1redis://h", "redis://h#frag", "redis://u:pa/ss@host/0",
+        "redis://u:12?a=b@host", "redis://h:", "redis://h:65536", "redis://h:x", "redis://[::1",
+        "redis://[]:1", "redis://h/%zz", "redis://h?=1", "redis://h?a", "redis://h?a=1&a=2"}) {
     EXPECT_THAT(internal::ParseUri(text), StatusIs(absl::StatusCode::kInvalidArgument)) << text;
   }
 }
@@ -59,9 +60,9 @@ TEST(ParseUri, RefusesWhatItCannotReadSafely) {
 // scheme whose backend this build lacks.
 TEST(OpenStore, MalformedUrisAreInvalidArgument) {
   for (const char* uri :
-       {"", "memory", ":memory", "nosuch://x", "memory:/path", "memory://host", "memory:?capacity=0",
-        "memory:?capacity=abc", "memory:?capacity=10x", "memory:?evict=yes", "memory:?bogus=1",
-        "memory:?=1", "memory:?capacity=1&capacity=2", "memory:#x"}) {
+       {"", "memory", ":memory", "nosuch://x", "memory:/path", "memory://host",
+        "memory:?capacity=0", "memory:?capacity=abc", "memory:?capacity=10x", "memory:?evict=yes",
+        "memory:?bogus=1", "memory:?=1", "memory:?capacity=1&capacity=2", "memory:#x"}) {
     EXPECT_THAT(OpenStore(uri), StatusIs(absl::StatusCode::kInvalidArgument)) << uri;
   }
 }
@@ -105,9 +106,10 @@ TEST(OpenStore, ErrorsQuoteAtMostAShortPrefixOfTheInput) {
   const std::string huge(1 << 20, 'x');
   for (const std::string& uri :
        {absl::StrCat("memory:?", huge, "=1"), absl::StrCat("memory:?capacity=", huge),
-        absl::StrCat("memory:", huge), absl::StrCat(huge, "://h"), absl::StrCat("nosuch", huge, ":"),
-        absl::StrCat("memory:?capacity=1&", huge), absl::StrCat("redis://", huge, ":1/0"),
-        absl::StrCat("unix:///", huge), absl::StrCat("sqlite:///x.db?", huge, "=1")}) {
+        absl::StrCat("memory:", huge), absl::StrCat(huge, "://h"),
+        absl::StrCat("nosuch", huge, ":"), absl::StrCat("memory:?capacity=1&", huge),
+        absl::StrCat("redis://", huge, ":1/0"), absl::StrCat("unix:///", huge),
+        absl::StrCat("sqlite:///x.db?", huge, "=1")}) {
     const absl::Status status = OpenStore(uri).status();
     EXPECT_FALSE(status.ok());
     EXPECT_LT(status.message().size(), 400u) << status.message().substr(0, 200);
@@ -144,9 +146,8 @@ TEST(RedactUri, PropertyThePasswordNeverAppears) {
     for (int k = 0; k < length; ++k) password.push_back(kAlphabet[rng() % kAlphabet.size()]);
     const bool encoded = rng() % 3 == 0;
     const std::string written = encoded ? encode(password) : password;
-    const std::string scheme =
-        pick({"redis", "REDIS", "rediss", "unix", "sqlite", "memory", "postgresql", "postgres",
-              "nosuch"});
+    const std::string scheme = pick({"redis", "REDIS", "rediss", "unix", "sqlite", "memory",
+                                     "postgresql", "postgres", "nosuch"});
     // 127.0.0.1:1 refuses connections at once, so an accepted server URI fails fast.
     const std::string host = pick({"127.0.0.1:1", "[::1]:1", "", "localhost:1"});
     const std::string path = pick({"", "/0", "/tmp/x.db", "/db", "/a@b"});

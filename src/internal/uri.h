@@ -60,8 +60,9 @@ struct Uri {
 // Parses `text` by the grammar above. InvalidArgument (naming the part) when it does not fit.
 [[nodiscard]] absl::StatusOr<Uri> ParseUri(std::string_view text);
 
-// `text` with every secret replaced by "***": the whole userinfo, and the value of every query option whose name holds "pass" or "secret". A text that
-// ParseUri rejects is shown as its scheme only, followed by "<malformed URI hidden>".
+// `text` with every secret replaced by "***": the whole userinfo, and the value of every query
+// option whose name holds "pass" or "secret". A text that ParseUri rejects is shown as its scheme
+// only, followed by "<malformed URI hidden>".
 std::string RedactUriText(std::string_view text);
 
 // Whether query option `name` carries a secret (its value is never shown).
@@ -81,9 +82,8 @@ absl::Status UnknownUriOption(std::string_view scheme, std::string_view name,
 // A decimal integer in [min, max]; InvalidArgument naming `what` otherwise (the value is quoted
 // only through QuoteForError, and never for a secret option).
 [[nodiscard]] absl::StatusOr<int64_t> ParseUriInteger(std::string_view scheme,
-                                                      std::string_view what,
-                                                      std::string_view value, int64_t min,
-                                                      int64_t max);
+                                                      std::string_view what, std::string_view value,
+                                                      int64_t min, int64_t max);
 
 // A boolean option: 0, 1, true or false (any case).
 [[nodiscard]] absl::StatusOr<bool> ParseUriBool(std::string_view scheme, std::string_view what,

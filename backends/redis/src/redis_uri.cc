@@ -105,9 +105,8 @@ absl::StatusOr<RedisStoreOptions> ParseRedisUri(std::string_view text) {
     options.host = uri.host;
     if (uri.port) options.port = static_cast<int>(*uri.port);
     if (uri.path.size() > 1) {
-      IDEM_ASSIGN_OR_RETURN(options.db, internal::ParseUriInteger(kScheme, "the db",
-                                                                  uri.path.substr(1), 0,
-                                                                  INT32_MAX));
+      IDEM_ASSIGN_OR_RETURN(options.db, internal::ParseUriInteger(
+                                            kScheme, "the db", uri.path.substr(1), 0, INT32_MAX));
     }
   } else {
     if (!uri.host.empty() || uri.port) {

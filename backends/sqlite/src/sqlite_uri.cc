@@ -36,12 +36,12 @@ absl::StatusOr<SqliteStoreOptions> ParseSqliteUri(std::string_view text) {
       }
       options.synchronous = *synchronous;
     } else if (name == "busy_timeout_ms") {
-      IDEM_ASSIGN_OR_RETURN(const int64_t ms, internal::ParseUriInteger(kScheme, name, option.value,
-                                                                        1, kMaxMillis));
+      IDEM_ASSIGN_OR_RETURN(const int64_t ms,
+                            internal::ParseUriInteger(kScheme, name, option.value, 1, kMaxMillis));
       options.busy_timeout = std::chrono::milliseconds(ms);
     } else if (name == "retention_ms") {
-      IDEM_ASSIGN_OR_RETURN(const int64_t ms, internal::ParseUriInteger(kScheme, name, option.value,
-                                                                        1, kMaxMillis));
+      IDEM_ASSIGN_OR_RETURN(const int64_t ms,
+                            internal::ParseUriInteger(kScheme, name, option.value, 1, kMaxMillis));
       options.retention = std::chrono::milliseconds(ms);
     } else if (name == "max_id_bytes") {
       IDEM_ASSIGN_OR_RETURN(const int64_t n, internal::ParseUriInteger(kScheme, name, option.value,

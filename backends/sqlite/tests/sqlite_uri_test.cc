@@ -51,8 +51,7 @@ TEST(SqliteUri, OpenStoreOpensTheDecodedPath) {
       std::filesystem::temp_directory_path() / ("idem-sqlite-uri-" + std::to_string(getpid()));
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
-  IDEM_ASSERT_OK_AND_ASSIGN(auto store,
-                            OpenStore("sqlite://" + dir.string() + "/with%20space.db"));
+  IDEM_ASSERT_OK_AND_ASSIGN(auto store, OpenStore("sqlite://" + dir.string() + "/with%20space.db"));
   EXPECT_EQ(store->BackendName(), "sqlite");
   EXPECT_TRUE(std::filesystem::exists(dir / "with space.db"));
   store.reset();
