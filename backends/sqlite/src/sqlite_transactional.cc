@@ -183,36 +183,12 @@ class SqliteTransactionalImpl final : public SqliteTransactional {
         return Held(**row, fingerprint, now);
       }
     } else {
-      {
-        StmtRun run(st_.insert.get(), kOperation, "insert record");
-        BindRow(run, message.id, token, fingerprint, now);
-        if (absl::Status s = run.Run(); !s.ok()) return s;
-      }
-      if (sqlite3_changes(db_) == 0) {
-        // The id exists. A duplicate, a conflict or a live lease-mode claim is answered from one
-        // read (the guard rolls back); only a record that looks claimable goes on to the
-        // takeover, a single upsert whose own WHERE decides, then a read of the attempts it wrote.
-        absl::StatusOr<std::optional<DedupRow>> row =
-            internal::ReadRow(st_.select_row.get(), scope_, message.id, kOperation);
-        if (!row.ok()) return row.status();
-        if (!row->has_value()) {
-          return absl::InternalError("sqlite: the dedup row was neither inserted nor held");
-        }
-        if (internal::ClassifyHeld(**row, fingerprint, now)) return Held(**row, fingerprint, now);
-        {
-          StmtRun run(st_.takeover.get(), kOperation, "take over record");
-          BindRow(run, message.id, token, fingerprint, now);
-          run.Int64(9, now).Int64(10, 0).Int64(11, 1);
-          if (absl::Status s = run.Run(); !s.ok()) return s;
-        }
-        if (sqlite3_changes(db_) == 0) {
-          return absl::InternalError("sqlite: a claimable dedup row was not taken over");
-        }
-        row = internal::ReadRow(st_.select_row.get(), scope_, message.id, kOperation);
-        if (!row.ok()) return row.status();
-        if (!row->has_value()) return absl::InternalError("sqlite: a taken-over row is missing");
-        attempt = (*row)->attempts;
-      }
+      absl::StatusOr<std::variant<uint32_t, ProcessResult>> claimed = InsertOrTakeOver(
+          st_.insert.get(), st_.takeover.get(), /*max_attempts=*/0, kOperation, message.id, token,
+          fingerprint, now);
+      if (!claimed.ok()) return claimed.status();
+      if (const ProcessResult* answered = std::get_if<ProcessResult>(&*claimed)) return *answered;
+      attempt = std::get<uint32_t>(*claimed);
     }
 
     if (message.version) {
@@ -278,42 +254,55 @@ class SqliteTransactionalImpl final : public SqliteTransactional {
     // The row's token is never presented by anyone (Process fences by transaction, not token);
     // a fresh one keeps every token written unique.
     const uint64_t token = tokens_();
-    uint32_t attempt = 1;
+    absl::StatusOr<std::variant<uint32_t, ProcessResult>> claimed =
+        InsertOrTakeOver(st_.insert_attempt.get(), st_.takeover_attempt.get(),
+                         options_.max_attempts, kStep, message.id, token, fingerprint, now);
+    if (!claimed.ok() || std::holds_alternative<ProcessResult>(*claimed)) return claimed;
+    const uint32_t attempt = std::get<uint32_t>(*claimed);
+    if (absl::Status s = txn.Commit(kStep); !s.ok()) return s;
+    return attempt;
+  }
+
+  // Inserts the dedup row for `id`, or takes over a claimable one (one upsert whose own WHERE
+  // decides, `max_attempts` 0 meaning unlimited). Returns the attempt the row now holds, or the
+  // answer when the id is held (duplicate, conflict, in progress) or dead-lettered; a held id is
+  // answered from one read and nothing is written. REQUIRES: inside a write transaction.
+  [[nodiscard]] absl::StatusOr<std::variant<uint32_t, ProcessResult>> InsertOrTakeOver(
+      sqlite3_stmt* insert, sqlite3_stmt* takeover, uint32_t max_attempts, const char* operation,
+      std::string_view id, uint64_t token, std::optional<std::string_view> fingerprint,
+      int64_t now) {
     {
-      StmtRun run(st_.insert_attempt.get(), kStep, "insert record");
-      BindRow(run, message.id, token, fingerprint, now);
+      StmtRun run(insert, operation, "insert record");
+      BindRow(run, id, token, fingerprint, now);
+      if (absl::Status s = run.Run(); !s.ok()) return s;
+    }
+    if (sqlite3_changes(db_) != 0) return uint32_t{1};
+    absl::StatusOr<std::optional<DedupRow>> row =
+        internal::ReadRow(st_.select_row.get(), scope_, id, operation);
+    if (!row.ok()) return row.status();
+    if (!row->has_value()) {
+      return absl::InternalError("sqlite: the dedup row was neither inserted nor held");
+    }
+    if (internal::ClassifyHeld(**row, fingerprint, now)) return Held(**row, fingerprint, now);
+    {
+      StmtRun run(takeover, operation, "take over record");
+      BindRow(run, id, token, fingerprint, now);
+      run.Int64(9, now).Int64(10, max_attempts).Int64(11, 1);
       if (absl::Status s = run.Run(); !s.ok()) return s;
     }
     if (sqlite3_changes(db_) == 0) {
-      absl::StatusOr<std::optional<DedupRow>> row =
-          internal::ReadRow(st_.select_row.get(), scope_, message.id, kStep);
-      if (!row.ok()) return row.status();
-      if (!row->has_value()) {
-        return absl::InternalError("sqlite: the dedup row was neither inserted nor held");
+      // Claimable in shape but not taken: only max_attempts refuses that (ClassifyHeld answered
+      // the rest). Nothing was written.
+      if (max_attempts > 0 && (*row)->status != internal::kStatusCompleted &&
+          (*row)->attempts >= max_attempts) {
+        return ProcessResult{.outcome = Outcome::kDeadLettered, .attempt = (*row)->attempts};
       }
-      if (internal::ClassifyHeld(**row, fingerprint, now)) return Held(**row, fingerprint, now);
-      {
-        StmtRun run(st_.takeover_attempt.get(), kStep, "take over record");
-        BindRow(run, message.id, token, fingerprint, now);
-        run.Int64(9, now).Int64(10, options_.max_attempts).Int64(11, 1);
-        if (absl::Status s = run.Run(); !s.ok()) return s;
-      }
-      if (sqlite3_changes(db_) == 0) {
-        // Claimable in shape but not taken: only max_attempts refuses that (ClassifyHeld answered
-        // the rest). Nothing was written.
-        if ((*row)->status != internal::kStatusCompleted &&
-            (*row)->attempts >= options_.max_attempts) {
-          return ProcessResult{.outcome = Outcome::kDeadLettered, .attempt = (*row)->attempts};
-        }
-        return absl::InternalError("sqlite: a claimable dedup row was not taken over");
-      }
-      row = internal::ReadRow(st_.select_row.get(), scope_, message.id, kStep);
-      if (!row.ok()) return row.status();
-      if (!row->has_value()) return absl::InternalError("sqlite: a counted row is missing");
-      attempt = (*row)->attempts;
+      return absl::InternalError("sqlite: a claimable dedup row was not taken over");
     }
-    if (absl::Status s = txn.Commit(kStep); !s.ok()) return s;
-    return attempt;
+    row = internal::ReadRow(st_.select_row.get(), scope_, id, operation);
+    if (!row.ok()) return row.status();
+    if (!row->has_value()) return absl::InternalError("sqlite: a taken-over row is missing");
+    return (*row)->attempts;
   }
 
   // Why the insert and the takeover did not take the id held in `row`.
