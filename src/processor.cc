@@ -228,7 +228,14 @@ absl::StatusOr<ProcessResult> Processor::ProcessImpl(const Message& message,
     // Wait for the live claim to end, then claim once more: the store, not the wait, decides
     // (COMPLETED: a duplicate with its result; released or expired: this delivery runs it).
     probe.Waited();
-    const auto deadline = std::chrono::steady_clock::now() + options_.wait_for_in_flight;
+    // No longer than until the other claim's lease ends (plus a little): a consumer that died
+    // never completes, and once its lease is over the claim below takes it over at once. The
+    // stores' default wait polls Inspect and cannot tell a dead claim from a slow one.
+    std::chrono::milliseconds bound = options_.wait_for_in_flight;
+    if (const std::chrono::milliseconds left = NotAcquired(*claim).retry_after; left.count() > 0) {
+      bound = std::min(bound, left + std::chrono::milliseconds(20));
+    }
+    const auto deadline = std::chrono::steady_clock::now() + bound;
     absl::StatusOr<bool> ended =
         probe.Store([&] { return store_->WaitForCompletion(scope_, message.id, deadline); });
     if (!ended.ok()) return probe.Fail(std::move(ended).status());
@@ -262,6 +269,20 @@ absl::StatusOr<ProcessResult> Processor::ProcessImpl(const Message& message,
 }
 
 namespace {
+
+// Completes `event` with a message's final result and hands it to the observer.
+void Report(ProcessObserver& observer, ProcessEvent& event,
+            const absl::StatusOr<ProcessResult>& result) {
+  if (result.ok()) {
+    event.outcome = result->outcome;
+    event.attempt = result->attempt;
+  } else {
+    event.status = result.status().code();
+    event.fenced =
+        event.status == absl::StatusCode::kAborted && (event.handler_ran || event.attempt > 0);
+  }
+  observer.OnMessage(event);
+}
 
 // Per-message bookkeeping of a batch between its claim and its completion.
 struct BatchEntry {
@@ -405,6 +426,24 @@ std::vector<absl::StatusOr<ProcessResult>> Processor::ProcessBatch(
         } catch (...) {
           event.handler_time += SteadyTime::now() - started;
           event.handler_threw = true;
+          // One event per message, as on the normal path: the ones the claim decided with their
+          // outcome, the ones handled before (the unwind completes them) as processed, the rest
+          // (released unrun by the unwind) as cancelled.
+          std::vector<bool> claimed(messages.size(), false);
+          for (const BatchEntry& other : entries) claimed[other.index] = true;
+          for (std::size_t i = 0; i < messages.size(); ++i) {
+            if (!claimed[i]) Report(*observer, events[i], out[i]);
+          }
+          for (const BatchEntry& other : entries) {
+            if (other.index == entry.index) continue;
+            ProcessEvent& e = events[other.index];
+            if (other.state == BatchEntry::State::kHandled) {
+              e.outcome = Outcome::kProcessed;
+            } else {
+              e.status = absl::StatusCode::kCancelled;
+            }
+            observer->OnMessage(e);
+          }
           observer->OnMessage(event);
           throw;
         }
@@ -457,18 +496,7 @@ std::vector<absl::StatusOr<ProcessResult>> Processor::ProcessBatch(
     }
   }
   if (observer != nullptr) {
-    for (std::size_t i = 0; i < messages.size(); ++i) {
-      ProcessEvent& event = events[i];
-      if (out[i].ok()) {
-        event.outcome = out[i]->outcome;
-        event.attempt = out[i]->attempt;
-      } else {
-        event.status = out[i].status().code();
-        event.fenced = event.status == absl::StatusCode::kAborted &&
-                       (event.handler_ran || event.attempt > 0);
-      }
-      observer->OnMessage(event);
-    }
+    for (std::size_t i = 0; i < messages.size(); ++i) Report(*observer, events[i], out[i]);
   }
   return out;
 }

@@ -1,6 +1,7 @@
 // ProcessObserver: what the Processor reports for each message, on the in-memory store (the
 // Processor is the same over every backend).
 #include <chrono>
+#include <map>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -172,6 +173,34 @@ TEST_F(ObserverTest, ReportsEachMessageOfABatch) {
   EXPECT_EQ(seen[2].event.outcome, Outcome::kDuplicate);
   EXPECT_FALSE(seen[2].event.handler_ran);
   EXPECT_EQ(seen[3].event.outcome, Outcome::kProcessed);
+}
+
+// The exception leaves ProcessBatch, yet every message of the batch is still reported once.
+TEST_F(ObserverTest, ReportsEveryMessageOfABatchWhoseHandlerThrew) {
+  Processor p = Make();
+  IDEM_ASSERT_OK(p.Process({.id = "t-dup", .payload = "x"}, [](HandlerContext&) {}).status());
+  const std::vector<Message> batch = {{.id = "t-0", .payload = "x"},
+                                      {.id = "t-dup", .payload = "x"},
+                                      {.id = "t-1", .payload = "x"},
+                                      {.id = "t-2", .payload = "x"}};
+  EXPECT_THROW((void)p.ProcessBatch(batch,
+                                    [](HandlerContext& c) {
+                                      if (c.message_id() == "t-1") {
+                                        throw std::runtime_error("boom");
+                                      }
+                                    }),
+               std::runtime_error);
+  std::map<std::string, ProcessEvent> by_id;
+  const std::vector<Seen> seen = recorder_.seen();
+  for (std::size_t i = 1; i < seen.size(); ++i) {
+    EXPECT_TRUE(by_id.emplace(seen[i].id, seen[i].event).second) << "twice: " << seen[i].id;
+  }
+  ASSERT_EQ(by_id.size(), 4u);
+  EXPECT_EQ(by_id["t-0"].outcome, Outcome::kProcessed);
+  EXPECT_EQ(by_id["t-dup"].outcome, Outcome::kDuplicate);
+  EXPECT_TRUE(by_id["t-1"].handler_threw);
+  EXPECT_FALSE(by_id["t-2"].handler_ran);
+  EXPECT_EQ(by_id["t-2"].status, absl::StatusCode::kCancelled);
 }
 
 TEST_F(ObserverTest, ReportsThatADeliveryWaited) {

@@ -31,6 +31,8 @@ struct ProcessEvent {
   std::optional<Outcome> outcome;
   // OK, or the code of the store error the message ended with (Unavailable, Aborted for a
   // completion fenced off by a takeover, ...). When the claim failed, the handler did not run.
+  // Cancelled: a batch message whose handler never ran because an earlier handler of the batch
+  // threw (its claim was released for redelivery).
   absl::StatusCode status = absl::StatusCode::kOk;
   // The attempt number of this run (outcome kProcessed), or the attempts recorded so far.
   uint32_t attempt = 0;

@@ -1,9 +1,10 @@
-// The list cursor of backends that order records by id (memory, SQLite, PostgreSQL): "k" and the
+// The list cursor and filter codes of backends that order records by id (memory, SQLite, PostgreSQL): "k" and the
 // last returned id in hex, so that the next page starts strictly after it. Hex keeps binary ids
 // (NUL, 0xFF) safe on a command line and in JSON.
 #ifndef IDEM_INTERNAL_LIST_CURSOR_H_
 #define IDEM_INTERNAL_LIST_CURSOR_H_
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -11,6 +12,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "idem/store.h"
 
 namespace idem::internal {
 
@@ -30,6 +32,26 @@ inline absl::StatusOr<std::optional<std::string>> DecodeIdCursor(std::string_vie
   }
   return std::optional<std::string>(
       absl::HexStringToBytes(absl::string_view(hex.data(), hex.size())));
+}
+
+// The code of a filter as the SQL backends' list statements test it (0 all, 1 in progress, 2 stuck,
+// 3 released, 4 dead-lettered, 5 completed): one numbering for every statement that lists.
+inline int64_t ListFilterCode(ListFilter filter) {
+  switch (filter) {
+    case ListFilter::kAll:
+      return 0;
+    case ListFilter::kInProgress:
+      return 1;
+    case ListFilter::kStuck:
+      return 2;
+    case ListFilter::kReleased:
+      return 3;
+    case ListFilter::kDeadLettered:
+      return 4;
+    case ListFilter::kCompleted:
+      return 5;
+  }
+  return 0;
 }
 
 }  // namespace idem::internal

@@ -153,7 +153,10 @@ class KafkaConsumer::Impl {
   }
 
   absl::Status DeadLetter(const rd_kafka_message_t* m, const std::string& reason) {
-    rd_kafka_resp_err_t delivered = RD_KAFKA_RESP_ERR__IN_PROGRESS;
+    // The delivery report writes here. It lives on the heap: if the report never comes (below)
+    // the slot is left to it rather than freed under a pending write.
+    auto slot = std::make_unique<rd_kafka_resp_err_t>(RD_KAFKA_RESP_ERR__IN_PROGRESS);
+    rd_kafka_resp_err_t& delivered = *slot;
     const std::string partition = std::to_string(m->partition);
     const std::string offset = std::to_string(m->offset);
     const char* topic = rd_kafka_topic_name(m->rkt);
@@ -169,12 +172,22 @@ class KafkaConsumer::Impl {
         producer.get(), RD_KAFKA_V_TOPIC(options.dead_letter_topic.c_str()),
         RD_KAFKA_V_KEY(m->key, m->key_len), RD_KAFKA_V_VALUE(m->payload, m->len),
         RD_KAFKA_V_HEADERS(headers), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-        RD_KAFKA_V_OPAQUE(&delivered), RD_KAFKA_V_END);
+        RD_KAFKA_V_OPAQUE(slot.get()), RD_KAFKA_V_END);
     if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
       rd_kafka_headers_destroy(headers);
       return absl::UnavailableError(absl::StrCat("kafka: dead letter: ", rd_kafka_err2str(err)));
     }
     (void)rd_kafka_flush(producer.get(), 10'000);
+    if (delivered == RD_KAFKA_RESP_ERR__IN_PROGRESS) {
+      // Not confirmed in time (a broker down): withdraw it, so that it is neither delivered later
+      // (a second dead letter after this one is retried) nor reported into a finished call. A
+      // purged message gets its report at the next poll.
+      (void)rd_kafka_purge(producer.get(), RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+      for (int i = 0; i < 50 && delivered == RD_KAFKA_RESP_ERR__IN_PROGRESS; ++i) {
+        rd_kafka_poll(producer.get(), 100);
+      }
+      if (delivered == RD_KAFKA_RESP_ERR__IN_PROGRESS) (void)slot.release();
+    }
     if (delivered != RD_KAFKA_RESP_ERR_NO_ERROR) {
       return absl::UnavailableError(
           absl::StrCat("kafka: dead letter not delivered: ", rd_kafka_err2str(delivered)));
@@ -269,6 +282,17 @@ absl::StatusOr<int> KafkaConsumer::PollOnce() {
       im.consumer.get(), batch.empty() ? static_cast<int>(im.options.poll_timeout.count()) : 0);
   while (m != nullptr) {
     MessagePtr msg(m);
+    if (msg->err != RD_KAFKA_RESP_ERR_NO_ERROR && msg->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+      // A consumer error is not a message. A fatal one, or an authorization this consumer lacks,
+      // will not pass by retrying: Run returns it; anything else (an unknown topic that may yet
+      // be created, a broker down) is transient and librdkafka retries it.
+      const rd_kafka_resp_err_t err = msg->err;
+      const std::string what = absl::StrCat("kafka: consume: ", rd_kafka_err2str(err));
+      if (err == RD_KAFKA_RESP_ERR__FATAL || err == RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED ||
+          err == RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED) {
+        if (batch.empty()) return absl::FailedPreconditionError(what);
+      }
+    }
     if (msg->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
       const PartitionKey pk{rd_kafka_topic_name(msg->rkt), msg->partition};
       auto it = im.paused.find(pk);
@@ -443,7 +467,10 @@ absl::Status KafkaConsumer::Commit() {
 absl::Status KafkaConsumer::Run(const std::atomic<bool>& stop) {
   while (!stop.load(std::memory_order_acquire)) {
     absl::StatusOr<int> n = PollOnce();
-    if (!n.ok() && n.status().code() == absl::StatusCode::kInvalidArgument) return n.status();
+    if (!n.ok() && (n.status().code() == absl::StatusCode::kInvalidArgument ||
+                    n.status().code() == absl::StatusCode::kFailedPrecondition)) {
+      return n.status();
+    }
   }
   return absl::OkStatus();
 }

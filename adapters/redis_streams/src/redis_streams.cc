@@ -29,13 +29,15 @@ struct ReplyDeleter {
 using ContextPtr = std::unique_ptr<redisContext, ContextDeleter>;
 using ReplyPtr = std::unique_ptr<redisReply, ReplyDeleter>;
 
-// XACK; only when it removed the entry from the PEL: the dead letter (ARGV[3] == "dead") and the
-// outcome record (ARGV[7] == "1"). Returns 1 when this call acked the entry, 0 when it was not
-// pending any more (another consumer finished it).
+// Only while the entry is still pending for the group (another consumer may have finished it:
+// then 0 and nothing is written): the dead letter (ARGV[3] == "dead") and the outcome record
+// (ARGV[7] == "1") first, the XACK last, so a dead letter that cannot be written (a key of another
+// type, an entry too large) fails the script with the entry still pending, never acked and lost.
+// Returns 1 when this call acked the entry.
 //   KEYS: stream, dead-letter stream, outcome stream
 //   ARGV: group, entry id, mode, outcome, reason, consumer, record-outcome, fields...
 constexpr char kAckScript[] = R"lua(
-if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1) == 0 then return 0 end
 if ARGV[3] == 'dead' then
   local f = {'idem_reason', ARGV[5], 'idem_source_stream', KEYS[1], 'idem_source_id', ARGV[2]}
   for i = 8, #ARGV do f[#f + 1] = ARGV[i] end
@@ -45,6 +47,7 @@ if ARGV[7] == '1' then
   redis.call('XADD', KEYS[3], '*', 'entry', ARGV[2], 'outcome', ARGV[4], 'reason', ARGV[5],
              'consumer', ARGV[6])
 end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 return 1
 )lua";
 
@@ -136,8 +139,10 @@ class RedisStreamsConsumer::Impl {
     if (!o.password.empty()) {
       absl::StatusOr<ReplyPtr> r = Command({"AUTH", o.password});
       if (!r.ok()) {
+        // Command already tells refused credentials (Unauthenticated) from a dropped connection
+        // or a timeout (Unavailable, DeadlineExceeded): only the former is final for Run.
         ctx.reset();
-        return absl::UnauthenticatedError("redis: AUTH refused");
+        return r.status();
       }
     }
     if (o.create_group) {
@@ -295,7 +300,13 @@ absl::Status RedisStreamsConsumer::Handle(std::vector<StreamEntry>& entries) {
       std::optional<std::string_view> key = entry.Field(options_.version_key_field);
       std::optional<std::string_view> v = entry.Field(options_.version_field);
       uint64_t n = 0;
-      if (key.has_value() && v.has_value()) {
+      if (key.has_value() != v.has_value()) {
+        // Half a version stamp: processing it without the gate could apply a stale event.
+        d = Decision{.action = Action::kDeadLetter,
+                     .reason = "invalid: the version key or the version field is missing"};
+        label = "invalid";
+        bad = true;
+      } else if (key.has_value() && v.has_value()) {
         auto [ptr, ec] = std::from_chars(v->data(), v->data() + v->size(), n);
         if (ec != std::errc() || ptr != v->data() + v->size()) {
           d = Decision{.action = Action::kDeadLetter,

@@ -52,23 +52,6 @@ AdminStatements MakeAdminStatements(const Tables& tables) {
   };
 }
 
-int64_t ListFilterCode(ListFilter filter) {
-  switch (filter) {
-    case ListFilter::kAll:
-      return 0;
-    case ListFilter::kInProgress:
-      return 1;
-    case ListFilter::kStuck:
-      return 2;
-    case ListFilter::kReleased:
-      return 3;
-    case ListFilter::kDeadLettered:
-      return 4;
-    case ListFilter::kCompleted:
-      return 5;
-  }
-  return 0;
-}
 
 absl::StatusOr<ListPage> DecodeListPage(const PGresult* r, std::size_t limit) {
   ListPage page;

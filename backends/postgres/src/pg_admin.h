@@ -29,8 +29,6 @@ struct AdminStatements {
 };
 AdminStatements MakeAdminStatements(const Tables& tables);
 
-// ListFilter as the list statement's $5.
-int64_t ListFilterCode(ListFilter filter);
 
 // The page from the list statement's rows; `limit` is the request's.
 [[nodiscard]] absl::StatusOr<ListPage> DecodeListPage(const PGresult* rows, std::size_t limit);

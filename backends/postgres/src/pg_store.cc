@@ -788,7 +788,7 @@ class PostgresStore final : public DedupStore {
     }
     p.Int8(static_cast<int64_t>(request.limit) + 1)  // one more: whether a page follows
         .Int8(request.max_attempts)
-        .Int8(internal::pg::ListFilterCode(request.filter));
+        .Int8(internal::ListFilterCode(request.filter));
     const Call call{&st->list, &p};
     ListPage page;
     absl::Status s = Run(std::span(&call, 1), "list", [&](const std::vector<PgResultPtr>& r) {

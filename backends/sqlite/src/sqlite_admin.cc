@@ -35,23 +35,6 @@ WHERE scope = ?1 AND id = ?2 AND token = ?3
   AND (status = 1 OR (status = 0 AND lease_until <= ?4))
 )sql";
 
-int FilterCode(ListFilter filter) {
-  switch (filter) {
-    case ListFilter::kAll:
-      return 0;
-    case ListFilter::kInProgress:
-      return 1;
-    case ListFilter::kStuck:
-      return 2;
-    case ListFilter::kReleased:
-      return 3;
-    case ListFilter::kDeadLettered:
-      return 4;
-    case ListFilter::kCompleted:
-      return 5;
-  }
-  return 0;
-}
 
 }  // namespace
 
@@ -70,7 +53,7 @@ absl::StatusOr<ListPage> SqliteList(sqlite3* db, const ListRequest& request, int
   }
   // One more than the page: whether another page follows.
   run.Int64(3, static_cast<int64_t>(request.limit) + 1).Int64(4, now);
-  run.Int64(5, request.max_attempts).Int64(6, FilterCode(request.filter));
+  run.Int64(5, request.max_attempts).Int64(6, internal::ListFilterCode(request.filter));
   ListPage page;
   while (true) {
     absl::StatusOr<bool> row = run.Step();

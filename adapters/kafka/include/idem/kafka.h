@@ -114,7 +114,8 @@ class KafkaConsumer {
   // Resumes partitions whose delay is over, polls one batch and handles it. Returns how many
   // messages were handed to ProcessBatch.
   [[nodiscard]] absl::StatusOr<int> PollOnce();
-  // PollOnce until `stop`; returns the first InvalidArgument, otherwise OK when stopped.
+  // PollOnce until `stop`; returns the first InvalidArgument or FailedPrecondition (a fatal
+  // consumer error, an authorization refused), otherwise OK when stopped.
   [[nodiscard]] absl::Status Run(const std::atomic<bool>& stop);
   // Commits the stored offsets now (synchronously).
   [[nodiscard]] absl::Status Commit();
