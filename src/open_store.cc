@@ -5,7 +5,6 @@
 
 #include <string>
 
-#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "internal/strings.h"
 #include "internal/uri.h"
@@ -34,13 +33,13 @@ absl::StatusOr<std::unique_ptr<DedupStore>> OpenStore(std::string_view uri,
   for (const internal::SchemeEntry& entry : internal::kSchemes) {
     absl::StrAppend(&known, known.empty() ? "" : ", ", internal::ToAbsl(entry.scheme));
   }
-  const std::size_t colon = uri.find(':');
-  if (colon == std::string_view::npos || colon == 0) {
+  const auto split = internal::SplitScheme(uri);
+  if (!split) {
     return absl::InvalidArgumentError(
         absl::StrCat("store URI has no scheme: expected one of ", known,
                      " (e.g. memory:, sqlite:///path.db, redis://host:6379/0)"));
   }
-  const std::string scheme = absl::AsciiStrToLower(internal::ToAbsl(uri.substr(0, colon)));
+  const std::string& scheme = split->first;
   for (const internal::SchemeEntry& entry : internal::kSchemes) {
     if (entry.scheme != scheme) continue;
     if (entry.open == nullptr) {

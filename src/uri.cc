@@ -34,15 +34,6 @@ bool IsSchemeChar(char c, bool first) {
   return absl::ascii_isdigit(static_cast<unsigned char>(c)) || c == '+' || c == '.' || c == '-';
 }
 
-// The scheme of `text` (lower case) and the offset just past its ':', or nullopt.
-std::optional<std::pair<std::string, std::size_t>> SplitScheme(std::string_view text) {
-  const std::size_t colon = text.find(':');
-  if (colon == std::string_view::npos || colon == 0 || colon > 32) return std::nullopt;
-  for (std::size_t i = 0; i < colon; ++i) {
-    if (!IsSchemeChar(text[i], i == 0)) return std::nullopt;
-  }
-  return std::make_pair(absl::AsciiStrToLower(ToAbsl(text.substr(0, colon))), colon + 1);
-}
 
 // Parses `text`; every byte range that holds a secret is appended to `secrets` (also on failure,
 // as far as parsing got, although redaction of a rejected text hides everything anyway).
@@ -142,6 +133,15 @@ absl::StatusOr<Uri> Parse(std::string_view text, std::vector<Span>* secrets) {
 }
 
 }  // namespace
+
+std::optional<std::pair<std::string, std::size_t>> SplitScheme(std::string_view text) {
+  const std::size_t colon = text.find(':');
+  if (colon == std::string_view::npos || colon == 0 || colon > 32) return std::nullopt;
+  for (std::size_t i = 0; i < colon; ++i) {
+    if (!IsSchemeChar(text[i], i == 0)) return std::nullopt;
+  }
+  return std::make_pair(absl::AsciiStrToLower(ToAbsl(text.substr(0, colon))), colon + 1);
+}
 
 const std::string* Uri::Option(std::string_view name) const {
   for (const UriOption& option : query) {

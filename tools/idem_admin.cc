@@ -306,8 +306,10 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     std::string_view arg = argv[i];
     if (arg == "--") break;
-    if (arg.starts_with("--max-attempts")) {
-      respelled.push_back("--max_attempts" + std::string(arg.substr(14)));
+    // KnownFlags accepts one dash or two, as abseil does; respell both forms.
+    const std::size_t dashes = arg.starts_with("--") ? 2 : arg.starts_with("-") ? 1 : 0;
+    if (dashes > 0 && arg.substr(dashes).starts_with("max-attempts")) {
+      respelled.push_back("--max_attempts" + std::string(arg.substr(dashes + 12)));
       argv2[i] = respelled.back().data();
     }
   }

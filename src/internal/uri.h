@@ -57,6 +57,10 @@ struct Uri {
   const std::string* Option(std::string_view name) const;
 };
 
+// The scheme of `text` in lower case and the offset just past its ':', or nullopt when `text` does
+// not start with a scheme of the grammar above (at most 32 characters).
+std::optional<std::pair<std::string, std::size_t>> SplitScheme(std::string_view text);
+
 // Parses `text` by the grammar above. InvalidArgument (naming the part) when it does not fit.
 [[nodiscard]] absl::StatusOr<Uri> ParseUri(std::string_view text);
 

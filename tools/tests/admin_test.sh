@@ -23,6 +23,11 @@ set +e
 "$admin" purge 2>/dev/null; [ $? = 2 ] || fail "missing --store must exit 2"
 set -e
 "$admin" --store "$db" purge | grep -q '^purged 0$' || fail "purge"
+# Both spellings of the flag operators type (one dash or two) are read, not refused as unknown.
+"$admin" --store "$db" -max-attempts=3 stats billing/order-events >/dev/null ||
+  fail "-max-attempts must be read like --max-attempts"
+"$admin" --store "$db" --max-attempts=3 stats billing/order-events >/dev/null ||
+  fail "--max-attempts"
 # A password in a store URI never reaches the terminal, whatever shape the URI has.
 for uri in "redis://user:Hunter2-Pw@127.0.0.1:1/0" "redis://Hunter2-Pw@127.0.0.1:1/0" \
            "unix://Hunter2-Pw@/nonexistent.sock" "redis://user:Hunter2/Pw@127.0.0.1:1/0" \

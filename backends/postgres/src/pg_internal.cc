@@ -120,7 +120,13 @@ std::string PasswordOf(const std::string& conninfo) {
 }
 
 absl::StatusOr<PgConnPtr> Connect(const std::string& conninfo, std::string_view secret) {
-  PgConnPtr conn(PQconnectdb(conninfo.c_str()));
+  // Defaults that bound a server that does not answer, placed before the conninfo so that the
+  // caller's own connect_timeout or tcp_user_timeout wins: libpq keeps the last value given.
+  // connect_timeout bounds the connect; tcp_user_timeout (Linux) drops a connection whose sent
+  // data goes unacknowledged (a partition), so a call fails Unavailable instead of waiting forever.
+  const char* const keywords[] = {"connect_timeout", "tcp_user_timeout", "dbname", nullptr};
+  const char* const values[] = {"10", "30000", conninfo.c_str(), nullptr};
+  PgConnPtr conn(PQconnectdbParams(keywords, values, /*expand_dbname=*/1));
   if (conn == nullptr) return absl::ResourceExhaustedError("postgres: out of memory");
   if (PQstatus(conn.get()) != CONNECTION_OK) {
     std::string message = ConnMessage(conn.get());

@@ -54,7 +54,8 @@ std::string_view SqlState(const PGresult* result);
 // `text` with every occurrence of `secret` (when non-empty) replaced by "***".
 std::string MaskSecret(std::string text, std::string_view secret);
 
-// Opens a connection (blocking, bounded by the conninfo's connect_timeout). Errors as PgStatus:
+// Opens a connection (blocking, bounded by the conninfo's connect_timeout, 10 s unless it sets one;
+// tcp_user_timeout 30 s unless it sets one). Errors as PgStatus:
 // Unavailable when the server cannot be reached, PermissionDenied for authentication.
 [[nodiscard]] absl::StatusOr<PgConnPtr> Connect(const std::string& conninfo,
                                                 std::string_view secret);

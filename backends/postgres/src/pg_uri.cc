@@ -15,6 +15,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "idem/postgres_store.h"
+#include "pg_internal.h"
 #include "internal/status_macros.h"
 #include "internal/strings.h"
 #include "internal/uri.h"
@@ -123,25 +124,12 @@ absl::StatusOr<PostgresStoreOptions> ParsePostgresUri(std::string_view uri) {
            "max_id_bytes", "and libpq's connection keywords (sslmode, connect_timeout, host, …)"});
     }
   }
-  // Schema and prefix are checked as identifiers here, so that a bad one fails before connecting.
-  if (absl::Status s = [&]() -> absl::Status {
-        for (const std::string* id : {&options.schema, &options.table_prefix}) {
-          if (id->empty() || id->size() > 48) return absl::InvalidArgumentError("");
-          if (absl::ascii_isdigit(static_cast<unsigned char>((*id)[0]))) {
-            return absl::InvalidArgumentError("");
-          }
-          for (char c : *id) {
-            if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '_') {
-              return absl::InvalidArgumentError("");
-            }
-          }
-        }
-        return absl::OkStatus();
-      }();
-      !s.ok()) {
+  // Schema and prefix are checked here by the rule the store applies, so that a bad one fails
+  // before connecting.
+  if (!internal::pg::MakeTables(options.schema, options.table_prefix).ok()) {
     return internal::UriError(
         scheme, "schema and table_prefix must be letters, digits and '_', not starting with a "
-                "digit");
+                "digit (table_prefix at most 40 bytes, schema at most 48)");
   }
 
   // The text libpq reads: the URI without idem's options, its scheme in lower case (libpq only

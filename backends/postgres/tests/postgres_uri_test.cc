@@ -53,6 +53,8 @@ TEST(PostgresUri, MalformedOrUnknownIsInvalidArgumentWithoutThePassword) {
       "postgresql://u:s3cr%40t@h/db?pool_size=0",
       "postgresql://u:s3cr%40t@h/db?schema=bad-name",
       "postgresql://u:s3cr%40t@h/db?table_prefix=1x",
+      // One byte past what the store accepts: refused here, not at the first connect.
+      "postgresql://u:s3cr%40t@h/db?table_prefix=p2345678901234567890123456789012345678901",
       "postgresql://u:s3cr%40t@h/db?unnamed_statements=maybe",
       "postgresql://u:s3cr%zzt@h/db",
       "postgresql:u:s3cr%40t@h/db",
