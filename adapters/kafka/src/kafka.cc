@@ -110,6 +110,13 @@ class KafkaConsumer::Impl {
     // next owner (maybe this consumer again) fetches them from the committed offset.
     for (int i = 0; i < parts->cnt; ++i) {
       self->paused.erase({parts->elems[i].topic, parts->elems[i].partition});
+      // Its retry counts go too: another member may finish those messages, and counts kept for
+      // them here would never be erased (this member never stores their offsets).
+      const std::string prefix = absl::StrCat(parts->elems[i].topic, "/", parts->elems[i].partition, "/");
+      for (auto it = self->tries.lower_bound(prefix);
+           it != self->tries.end() && it->first.starts_with(prefix);) {
+        it = self->tries.erase(it);
+      }
     }
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
       (void)rd_kafka_assign(rk, parts);

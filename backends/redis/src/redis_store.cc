@@ -1019,9 +1019,7 @@ absl::StatusOr<ListPage> RedisStore::List(const ListRequest& request) {
 
 absl::Status RedisStore::ResetAttempts(std::string_view scope, std::string_view id,
                                        uint64_t token) {
-  IDEM_RETURN_IF_ERROR(ValidateScope(scope));
-  IDEM_RETURN_IF_ERROR(ValidateId(id, options_.max_id_bytes));
-  if (token == 0) return absl::InvalidArgumentError("reset: token 0 is never a claim's token");
+  IDEM_RETURN_IF_ERROR(internal::ValidateOwnerArgs(scope, id, token, options_.max_id_bytes));
   const std::string key = RecordKey(options_.key_prefix, scope, id);
   std::string owner;
   AppendOwner(&owner, token);
