@@ -145,6 +145,14 @@ class RedisStreamsConsumer::Impl {
         return r.status();
       }
     }
+    // The acknowledgement script is sent once and then named by its SHA1; an account that may
+    // not run SCRIPT LOAD sends the whole script with each acknowledgement (EVAL).
+    ack_sha.clear();
+    if (absl::StatusOr<ReplyPtr> r = Command({"SCRIPT", "LOAD", kAckScript}); r.ok()) {
+      if ((*r)->type == REDIS_REPLY_STRING) ack_sha = ReplyString(r->get());
+    } else if (ctx == nullptr) {
+      return r.status();
+    }
     if (o.create_group) {
       absl::StatusOr<ReplyPtr> r = Command({"XGROUP", "CREATE", o.stream, o.group, "0", "MKSTREAM"});
       if (!r.ok() && r.status().message().find("BUSYGROUP") == std::string_view::npos) {
@@ -202,6 +210,7 @@ class RedisStreamsConsumer::Impl {
   OutcomePolicy policy;
   StreamProcessFn process;
   ContextPtr ctx;
+  std::string ack_sha;  // SHA1 of kAckScript as the server loaded it; empty: send it with EVAL
   std::unordered_map<std::string, Retry> retries;
   std::string autoclaim_cursor = "0-0";
   int64_t next_reclaim_ms = 0;
@@ -363,12 +372,17 @@ absl::Status RedisStreamsConsumer::Handle(std::vector<StreamEntry>& entries) {
   }
   if (acks.empty()) return absl::OkStatus();
 
-  // One pipelined round trip: one script per acknowledgement.
+  // One pipelined round trip: one script per acknowledgement, named by its SHA1. A server that
+  // lost its script cache (a restart, SCRIPT FLUSH) answers NOSCRIPT: those acknowledgements are
+  // sent again with the whole script, which also loads it for the next round.
   const bool record = !options_.outcome_stream.empty();
   const std::string& outcome_key = record ? options_.outcome_stream : options_.stream;
-  for (const Planned& p : acks) {
+  auto append_ack = [&](const Planned& p, bool whole_script) {
     const bool dead = p.decision.action == Action::kDeadLetter;
-    std::vector<std::string> args = {"EVAL", kAckScript, "3", options_.stream,
+    const bool by_sha = !whole_script && !impl_->ack_sha.empty();
+    std::vector<std::string> args = {by_sha ? "EVALSHA" : "EVAL",
+                                     by_sha ? impl_->ack_sha : std::string(kAckScript),
+                                     "3", options_.stream,
                                      options_.dead_letter_stream, outcome_key, options_.group,
                                      p.entry->entry_id, dead ? "dead" : "ack", p.label,
                                      p.decision.reason, options_.consumer, record ? "1" : "0"};
@@ -379,23 +393,35 @@ absl::Status RedisStreamsConsumer::Handle(std::vector<StreamEntry>& entries) {
       }
     }
     impl_->Append(args);
-  }
+  };
   absl::Status first = absl::OkStatus();
-  for (const Planned& p : acks) {
-    if (impl_->ctx == nullptr) return first.ok() ? absl::UnavailableError("redis: lost") : first;
-    absl::StatusOr<ReplyPtr> r = impl_->GetReply();
-    if (!r.ok()) {
-      // Still pending: redelivered by a retry or a reclaim.
-      if (first.ok()) first = r.status();
-      continue;
+  std::vector<const Planned*> sent;
+  for (const Planned& p : acks) sent.push_back(&p);
+  for (bool whole_script : {false, true}) {
+    for (const Planned* p : sent) append_ack(*p, whole_script);
+    std::vector<const Planned*> unloaded;
+    for (const Planned* p : sent) {
+      if (impl_->ctx == nullptr) return first.ok() ? absl::UnavailableError("redis: lost") : first;
+      absl::StatusOr<ReplyPtr> r = impl_->GetReply();
+      if (!r.ok()) {
+        if (!whole_script && r.status().message().find("NOSCRIPT") != std::string_view::npos) {
+          unloaded.push_back(p);
+          continue;
+        }
+        // Still pending: redelivered by a retry or a reclaim.
+        if (first.ok()) first = r.status();
+        continue;
+      }
+      impl_->retries.erase(p->entry->entry_id);
+      if ((*r)->type == REDIS_REPLY_INTEGER && (*r)->integer == 1) {
+        ++stats_.acked;
+        if (p->decision.action == Action::kDeadLetter) ++stats_.dead_lettered;
+      } else {
+        ++stats_.ack_raced;
+      }
     }
-    impl_->retries.erase(p.entry->entry_id);
-    if ((*r)->type == REDIS_REPLY_INTEGER && (*r)->integer == 1) {
-      ++stats_.acked;
-      if (p.decision.action == Action::kDeadLetter) ++stats_.dead_lettered;
-    } else {
-      ++stats_.ack_raced;
-    }
+    if (unloaded.empty()) break;
+    sent = std::move(unloaded);
   }
   return first;
 }

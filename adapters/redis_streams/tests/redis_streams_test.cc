@@ -146,6 +146,34 @@ TEST(RedisStreamsTest, AcksDeadLettersAndCountsEachOutcome) {
   EXPECT_EQ(consumer->pending_retries(), 0u);
 }
 
+TEST(RedisStreamsTest, AcksAfterTheServerForgetsItsScripts) {
+  Redis redis(testing::FixturePort());
+  ASSERT_TRUE(redis.ok());
+  const std::string stream = Unique("noscript");
+  IDEM_ASSERT_OK_AND_ASSIGN(auto store, NewMemoryStore({}));
+  IDEM_ASSERT_OK_AND_ASSIGN(Processor p, Processor::Create(*store, "s"));
+  int runs = 0;
+  IDEM_ASSERT_OK_AND_ASSIGN(
+      auto consumer, RedisStreamsConsumer::Create(FastOptions(stream, "c1"), p,
+                                                  [&](const StreamEntry&, HandlerContext&) { ++runs; }));
+  IDEM_ASSERT_OK(consumer->PollOnce().status());  // creates the group, loads the ack script
+  for (const char* id : {"a", "b"}) redis.Add(stream, {"id", id});
+  PollUntil(*consumer, [&] { return consumer->stats().acked == 2; });
+
+  // A restart or SCRIPT FLUSH empties the server's script cache: the acknowledgements named by
+  // SHA1 are answered NOSCRIPT and sent again with the whole script, in the same PollOnce.
+  ASSERT_NE(redis.Cmd({"SCRIPT", "FLUSH"}), nullptr);
+  for (const char* id : {"c", "d", "e"}) redis.Add(stream, {"id", id});
+  PollUntil(*consumer, [&] { return consumer->stats().acked == 5; });
+  EXPECT_EQ(redis.Pending(stream, "g"), 0);
+  EXPECT_EQ(redis.Int({"XLEN", stream + ":outcomes"}), 5);
+  EXPECT_EQ(runs, 5);
+  // And the script is loaded again for the next acknowledgements.
+  redis.Add(stream, {"id", "f"});
+  PollUntil(*consumer, [&] { return consumer->stats().acked == 6; });
+  EXPECT_EQ(consumer->stats().ack_raced, 0u);
+}
+
 TEST(RedisStreamsTest, InProgressStaysPendingUntilTheOtherLeaseEnds) {
   Redis redis(testing::FixturePort());
   const std::string stream = Unique("inprogress");
