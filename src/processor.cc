@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "internal/status_macros.h"
 
@@ -495,10 +496,51 @@ std::vector<absl::StatusOr<ProcessResult>> Processor::ProcessBatch(
           .attempt = entry.attempt};
     }
   }
+  AskRepeatsAgain(messages, requests, out, events);
   if (observer != nullptr) {
     for (std::size_t i = 0; i < messages.size(); ++i) Report(*observer, events[i], out[i]);
   }
   return out;
+}
+
+void Processor::AskRepeatsAgain(std::span<const Message> messages,
+                                std::span<const ClaimRequest> requests,
+                                std::vector<absl::StatusOr<ProcessResult>>& out,
+                                std::vector<ProcessEvent>& events) const {
+  // A message whose id an earlier message of the batch claimed (a producer retry written twice,
+  // back to back) met that claim open and was answered in progress. Once the batch completed the
+  // claim, the store is asked again and answers what a later delivery would hear: duplicate, or
+  // conflict for another payload. One more round trip, only when a batch repeats an id.
+  absl::flat_hash_set<std::string_view> processed;
+  for (std::size_t i = 0; i < messages.size(); ++i) {
+    if (out[i].ok() && out[i]->outcome == Outcome::kProcessed) processed.insert(messages[i].id);
+  }
+  std::vector<std::size_t> repeats;
+  std::vector<ClaimRequest> again;
+  for (std::size_t i = 0; i < messages.size(); ++i) {
+    if (out[i].ok() && out[i]->outcome == Outcome::kInProgress &&
+        processed.contains(messages[i].id)) {
+      repeats.push_back(i);
+      again.push_back(requests[i]);
+    }
+  }
+  if (repeats.empty()) return;
+  const auto started = std::chrono::steady_clock::now();
+  std::vector<absl::StatusOr<ClaimResult>> claims = store_->ClaimBatch(again);
+  const auto share = (std::chrono::steady_clock::now() - started) / repeats.size();
+  for (std::size_t k = 0; k < repeats.size(); ++k) {
+    const std::size_t i = repeats[k];
+    if (!events.empty()) events[i].store_time += share;
+    // A failed second ask leaves the first answer (in progress: the broker delivers it again).
+    if (k >= claims.size() || !claims[k].ok()) continue;
+    if (claims[k]->status == ClaimStatus::kAcquired) {
+      // The completed record is already gone (evicted by a capacity bound, or a retention shorter
+      // than the batch): give the claim back unrun; the redelivery runs it.
+      (void)store_->Release(scope_, messages[i].id, claims[k]->token);
+      continue;
+    }
+    out[i] = NotAcquired(*claims[k]);
+  }
 }
 
 }  // namespace idem

@@ -160,6 +160,11 @@ class Processor {
   ClaimRequest MakeClaim(const Message& message) const;
   // OutcomeOfClaim, with retry_after filled in from the store's clock.
   ProcessResult NotAcquired(const ClaimResult& claim) const;
+  // ProcessBatch's last step: messages that repeat an id the batch processed are asked again
+  // (their first answer was the batch's own open claim). `events` is empty without an observer.
+  void AskRepeatsAgain(std::span<const Message> messages, std::span<const ClaimRequest> requests,
+                       std::vector<absl::StatusOr<ProcessResult>>& out,
+                       std::vector<ProcessEvent>& events) const;
 
   DedupStore* store_;
   std::string scope_;

@@ -686,16 +686,23 @@ TEST_P(StoreConformance, ProcessBatchWithTheSameIdTwiceRunsItOnce) {
   IDEM_ASSERT_OK_AND_ASSIGN(Processor processor, Processor::Create(*store_, std::string(kScope)));
   std::vector<Message> messages = {{.id = "twice", .payload = "p"},
                                    {.id = "other", .payload = "q"},
-                                   {.id = "twice", .payload = "p"}};
+                                   {.id = "twice", .payload = "p"},
+                                   {.id = "other", .payload = "changed"}};
   int runs = 0;
   auto out = processor.ProcessBatch(messages, [&](HandlerContext& c) {
     if (c.message_id() == "twice") ++runs;
+    c.set_result(absl::StrCat("done-", std::string(c.message_id())));
   });
-  ASSERT_EQ(out.size(), 3u);
+  ASSERT_EQ(out.size(), 4u);
   IDEM_ASSERT_OK(out[0]);
   EXPECT_EQ(out[0]->outcome, Outcome::kProcessed);
+  // The copies met the batch's own claims; once those are completed they are asked again and
+  // hear what a later delivery would: a duplicate with the stored result, or a conflict.
   IDEM_ASSERT_OK(out[2]);
-  EXPECT_EQ(out[2]->outcome, Outcome::kInProgress) << "the copy meets the batch's own claim";
+  EXPECT_EQ(out[2]->outcome, Outcome::kDuplicate);
+  EXPECT_THAT(out[2]->result, Optional(Eq("done-twice")));
+  IDEM_ASSERT_OK(out[3]);
+  EXPECT_EQ(out[3]->outcome, Outcome::kConflict);
   EXPECT_EQ(runs, 1);
   EXPECT_EQ(MustClaim("twice").status, ClaimStatus::kDuplicate);
 }

@@ -7,7 +7,6 @@
 #include <deque>
 #include <exception>
 #include <map>
-#include <set>
 #include <string>
 #include <thread>
 #include <utility>
@@ -391,16 +390,8 @@ absl::StatusOr<int> KafkaConsumer::PollOnce() {
     im.ResumeDrained();
     return static_cast<int>(messages.size());
   }
-  // Ids this batch claimed and completed itself. A later copy of one of them in the same batch
-  // (a producer retry that wrote the record twice, back to back) found that claim still open and
-  // got kInProgress with the lease's end as its delay; the claim is completed now, so the copy is
-  // retried at once (it comes back kDuplicate) instead of stalling its partition for a lease.
-  std::set<std::string_view> completed_here;
-  for (size_t j = 0; j < results.size(); ++j) {
-    if (results[j].ok() && results[j]->outcome == Outcome::kProcessed) {
-      completed_here.insert(messages[j].id);
-    }
-  }
+  // A later copy of an id in the same batch (a producer retry that wrote the record twice, back
+  // to back) comes back kDuplicate: ProcessBatch asks for it again once its first copy completed.
   size_t k = 0;
   for (size_t i = 0; i < n; ++i) {
     const PartitionKey pk{std::string(records[i].topic), records[i].partition};
@@ -413,10 +404,6 @@ absl::StatusOr<int> KafkaConsumer::PollOnce() {
     const std::string tkey = absl::StrCat(pk.first, "/", pk.second, "/", records[i].offset);
     const uint32_t t = im.tries[tkey] + 1;
     Decision d = early[i].has_value() ? *early[i] : im.policy.Decide(*result, t);
-    if (result != nullptr && result->ok() && (*result)->outcome == Outcome::kInProgress &&
-        completed_here.count(ids[i]) != 0) {
-      d.delay = milliseconds(0);
-    }
     if (result != nullptr) {
       if (!result->ok()) {
         if (result->status().code() != absl::StatusCode::kInvalidArgument) ++stats_.store_errors;
