@@ -24,9 +24,11 @@ namespace idem::internal::redis {
 // before a completion that keeps the record longer than the pointer's TTL covers).
 //   KEYS[1]  the pointer            KEYS[2]  the record as routed by the id
 //   ARGV[1]  the route (version key)   ARGV[2]  the pointer's least TTL, ms
-// Reply: 1 the pointer holds ARGV[1] and lives at least ARGV[2] ms; 0 it holds another version
-// key (nothing changed); 2 the id has a record routed by the id, i.e. a delivery without a
-// version key (nothing changed).
+// Reply: 1 the pointer holds ARGV[1] and lives at least ARGV[2] ms; {route} it holds another
+// version key, `route` (nothing changed); 2 the id has a record routed by the id, i.e. it was
+// delivered before without a version key (nothing changed). In both refusals the client claims
+// at the record the id already has, without the version gate: the same id with another payload is
+// a conflict there, as on a single server.
 inline constexpr std::string_view kPointerScript = R"lua(
 if redis.call('EXISTS', KEYS[2]) == 1 then return 2 end
 local old = redis.call('GET', KEYS[1])
@@ -34,7 +36,7 @@ if not old then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   return 1
 end
-if old ~= ARGV[1] then return 0 end
+if old ~= ARGV[1] then return {old} end
 local left = redis.call('PTTL', KEYS[1])
 if left >= 0 and left < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 1

@@ -353,10 +353,12 @@ class RedisStore final : public DedupStore {
     std::string_view route;
     int64_t ttl_ms;
   };
-  // Writes the pointers, pipelined; returns one status per entry of `statuses` (its size), OK
-  // for entries without a pointer to write.
+  // Writes the pointers, pipelined; sets one status per entry of `statuses` (its size), OK for
+  // entries without a pointer to write. With `reroutes`, an id already routed otherwise (another
+  // version key, or none) gets that route there (and an OK status) instead of FailedPrecondition.
   void WriteRoutes(std::span<const RouteWrite> writes, std::string_view operation,
-                   std::vector<absl::Status>* statuses);
+                   std::vector<absl::Status>* statuses,
+                   std::vector<std::optional<std::string>>* reroutes = nullptr);
   Replies RunCluster(const Commands& commands, bool read_time);
 
   // Runs the commands pipelined on one connection: all are sent, then all replies read, in one
@@ -372,6 +374,14 @@ class RedisStore final : public DedupStore {
 
   // Appends the claim of `request` with `token`: the claim script, or with `plain` the plain
   // SET NX GET that is the whole claim of a new id (see ClaimBatch).
+  // Cluster mode: a versioned claim made at a record routed otherwise (`reroutes`) keeps its
+  // outcome when it is one the record decides alone (a conflict, a duplicate, in progress, dead
+  // lettered); one acquired is released at once and answered FailedPrecondition, as its
+  // completion could not apply its version gate atomically.
+  void RefuseRerouted(std::span<const ClaimRequest> requests,
+                      const std::vector<std::optional<std::string>>& reroutes,
+                      const std::vector<uint64_t>& tokens,
+                      std::vector<absl::StatusOr<ClaimResult>>* out);
   // In cluster mode, a non-empty `route` is the version key an unversioned message's record is
   // routed by (its pointer said so); an unversioned claim without one checks the pointer.
   void AppendClaim(Commands* commands, const ClaimRequest& request, uint64_t token, bool plain,
@@ -522,7 +532,9 @@ absl::Status RedisStore::CheckServerSettings(Connection& connection,
 }
 
 absl::Status RedisStore::LoadScripts(Connection& connection) {
-  for (int i = 0; i < kScriptCount; ++i) {
+  // A single server needs only the scripts up to kInspect; cluster mode's come after it.
+  const int count = options_.cluster_seeds.empty() ? kInspect + 1 : kScriptCount;
+  for (int i = 0; i < count; ++i) {
     const std::string_view args[] = {"SCRIPT", "LOAD", kScripts[i].body};
     const std::string operation = Cat("SCRIPT LOAD ", kScripts[i].name);
     const std::string what = What(operation);
@@ -722,6 +734,8 @@ std::vector<absl::StatusOr<ClaimResult>> RedisStore::ClaimBatch(
   const bool plain_claims = plain_claims_.load(std::memory_order_relaxed);
   // Cluster mode: the route pointers of versioned messages are written first (a round trip).
   std::vector<absl::Status> routed;
+  // Cluster mode: a versioned message whose id is already routed otherwise (see WriteRoutes).
+  std::vector<std::optional<std::string>> reroutes;
   if (cluster_) {
     std::vector<RouteWrite> writes;
     for (size_t i = 0; i < requests.size(); ++i) {
@@ -738,7 +752,10 @@ std::vector<absl::StatusOr<ClaimResult>> RedisStore::ClaimBatch(
           .ttl_ms = request.lease.count() + 2 * options_.retention.count() + kPointerSlackMs});
     }
     routed.resize(requests.size());
-    if (!writes.empty()) WriteRoutes(writes, "claim", &routed);
+    if (!writes.empty()) {
+      reroutes.resize(requests.size());
+      WriteRoutes(writes, "claim", &routed, &reroutes);
+    }
   }
   for (size_t i = 0; i < requests.size(); ++i) {
     const ClaimRequest& request = requests[i];
@@ -751,6 +768,14 @@ std::vector<absl::StatusOr<ClaimResult>> RedisStore::ClaimBatch(
       continue;
     }
     tokens[i] = *token;
+    if (!reroutes.empty() && reroutes[i].has_value()) {
+      // Claimed where the id's record is, without the version gate (its entry is elsewhere).
+      ClaimRequest unversioned = request;
+      unversioned.version.reset();
+      AppendClaim(&commands, unversioned, *token, /*plain=*/false, *reroutes[i]);
+      sent.push_back(i);
+      continue;
+    }
     // (Cluster mode claims through a script: see AppendClaim.)
     AppendClaim(&commands, request, *token,
                 plain_claims && !request.version.has_value() && !cluster_);
@@ -784,6 +809,7 @@ std::vector<absl::StatusOr<ClaimResult>> RedisStore::ClaimBatch(
       }
     }
   }
+  if (!reroutes.empty()) RefuseRerouted(requests, reroutes, tokens, &out);
   if (undecided.empty()) return out;
 
   Commands scripts("claim", undecided.size());
@@ -800,6 +826,25 @@ std::vector<absl::StatusOr<ClaimResult>> RedisStore::ClaimBatch(
                                                 replies.ServerMs(k));
   }
   return out;
+}
+
+void RedisStore::RefuseRerouted(std::span<const ClaimRequest> requests,
+                                const std::vector<std::optional<std::string>>& reroutes,
+                                const std::vector<uint64_t>& tokens,
+                                std::vector<absl::StatusOr<ClaimResult>>* out) {
+  for (size_t i = 0; i < requests.size(); ++i) {
+    absl::StatusOr<ClaimResult>& result = (*out)[i];
+    if (!reroutes[i].has_value() || !result.ok() || result->status != ClaimStatus::kAcquired) {
+      continue;
+    }
+    const absl::Status released = Release(requests[i].scope, requests[i].id, tokens[i]);
+    result = absl::FailedPreconditionError(Cat(
+        "redis ", What("claim"),
+        ": this message id was delivered before with another version key (or none) and the same "
+        "payload; in cluster mode every delivery of a message must carry the same version key, "
+        "which routes it to a hash slot",
+        released.ok() ? "" : " (and releasing the claim failed: it ends with its lease)"));
+  }
 }
 
 std::optional<absl::StatusOr<ClaimResult>> RedisStore::ParsePlainClaimReply(
@@ -1172,7 +1217,8 @@ absl::StatusOr<std::string> RedisStore::LocateRecord(std::string_view scope, std
 }
 
 void RedisStore::WriteRoutes(std::span<const RouteWrite> writes, std::string_view operation,
-                             std::vector<absl::Status>* statuses) {
+                             std::vector<absl::Status>* statuses,
+                             std::vector<std::optional<std::string>>* reroutes) {
   Commands calls(operation, writes.size());
   for (const RouteWrite& write : writes) {
     calls.BeginScript(kPointer, 2);
@@ -1193,13 +1239,18 @@ void RedisStore::WriteRoutes(std::span<const RouteWrite> writes, std::string_vie
       status = replies.Failure(k);
     } else if (r->type == REDIS_REPLY_ERROR) {
       status = ErrorReplyStatus(ReplyString(r), what);
-    } else if (r->type != REDIS_REPLY_INTEGER || r->integer < 0 || r->integer > 2) {
-      status = UnexpectedReply(what);
-    } else if (r->integer == 0) {
+    } else if (reroutes != nullptr && r->type == REDIS_REPLY_ARRAY && r->elements == 1 &&
+               IsString(r->element[0])) {
+      (*reroutes)[writes[k].index] = std::string(ReplyString(r->element[0]));
+    } else if (reroutes != nullptr && r->type == REDIS_REPLY_INTEGER && r->integer == 2) {
+      (*reroutes)[writes[k].index] = std::string(writes[k].id);
+    } else if (r->type == REDIS_REPLY_ARRAY) {
       status = absl::FailedPreconditionError(Cat(
           "redis ", what,
           ": this message id was delivered before with another version key; in cluster mode every "
           "delivery of a message must carry the same version key (its route to a hash slot)"));
+    } else if (r->type != REDIS_REPLY_INTEGER || r->integer < 1 || r->integer > 2) {
+      status = UnexpectedReply(what);
     } else if (r->integer == 2) {
       status = absl::FailedPreconditionError(Cat(
           "redis ", what,

@@ -12,7 +12,8 @@
 #
 # Each node: its own directory DIR/node-I (nodes.conf, AOF), cluster-enabled yes, bound to
 # 127.0.0.1 and announcing 127.0.0.1, appendonly yes (appendfsync everysec), noeviction, a
-# cluster-node-timeout of 1500 ms so that a failover completes within seconds. A missing
+# cluster-node-timeout of 1500 ms so that a failover completes within seconds (and a replica
+# may always be promoted: cluster-replica-validity-factor 0). A missing
 # redis-server or redis-cli, a port in use, or a cluster that does not reach cluster_state:ok
 # fails the fixture, and so every test that needs it: never a silent skip.
 set -u
@@ -96,6 +97,7 @@ logfile $node_dir/redis.log
 cluster-enabled yes
 cluster-config-file $node_dir/nodes.conf
 cluster-node-timeout 1500
+cluster-replica-validity-factor 0
 cluster-announce-ip 127.0.0.1
 appendonly yes
 appendfsync everysec
@@ -117,7 +119,14 @@ EOF
               sed -n 's/^cluster_state://p')
       [ "$state" = ok ] && ok=$((ok + 1))
     done
-    if [ $ok -eq 6 ] && redis-cli --cluster check 127.0.0.1:"$base" >"$dir/check.log" 2>&1; then
+    # Every replica in sync with its master: a failover test needs a replica to promote.
+    synced=0
+    for n in 0 1 2 3 4 5; do
+      redis-cli -h 127.0.0.1 -p $((base + n)) info replication 2>/dev/null | tr -d '\r' |
+        grep -q -e '^role:master' -e '^master_link_status:up' && synced=$((synced + 1))
+    done
+    if [ $ok -eq 6 ] && [ $synced -eq 6 ] &&
+       redis-cli --cluster check 127.0.0.1:"$base" >"$dir/check.log" 2>&1; then
       echo "redis cluster: 3 masters + 3 replicas on 127.0.0.1:$base..$((base + 5)) (dir $dir)"
       exit 0
     fi

@@ -238,27 +238,57 @@ TEST(RedisCluster, CallsWithoutTheVersionKeyFindVersionedRecords) {
   EXPECT_EQ(store->ResetAttempts("s", "never", 1).code(), absl::StatusCode::kNotFound);
 }
 
-TEST(RedisCluster, OneVersionKeyPerMessageId) {
+TEST(RedisCluster, AnIdKeepsTheRouteOfItsFirstDelivery) {
   std::unique_ptr<DedupStore> store = OpenCluster(Prefix("rule"));
   ASSERT_NE(store, nullptr);
+  const Fingerprint a{.high = 1, .low = 2};
+  const Fingerprint b{.high = 3, .low = 4};
   absl::StatusOr<ClaimResult> first = store->Claim(ClaimRequest{
-      .scope = "s", .id = "e", .version = VersionStamp{.key = "k1", .version = 1}});
+      .scope = "s", .id = "e", .fingerprint = a, .version = VersionStamp{.key = "k1", .version = 1}});
   ASSERT_TRUE(first.ok() && first->status == ClaimStatus::kAcquired);
-  // Another version key for the same id would be another slot: refused, nothing claimed.
+  // The id again with another version key is claimed at its first record: in progress there, and
+  // with another payload a conflict, as on a single server.
   absl::StatusOr<ClaimResult> other = store->Claim(ClaimRequest{
-      .scope = "s", .id = "e", .version = VersionStamp{.key = "k2", .version = 1}});
-  EXPECT_EQ(other.status().code(), absl::StatusCode::kFailedPrecondition);
-  // An id first delivered without a version key, then with one: refused too.
-  absl::StatusOr<ClaimResult> bare = store->Claim(ClaimRequest{.scope = "s", .id = "f"});
-  ASSERT_TRUE(bare.ok() && bare->status == ClaimStatus::kAcquired);
+      .scope = "s", .id = "e", .fingerprint = a, .version = VersionStamp{.key = "k2", .version = 1}});
+  ASSERT_TRUE(other.ok()) << other.status();
+  EXPECT_EQ(other->status, ClaimStatus::kInProgress);
+  absl::StatusOr<ClaimResult> conflict = store->Claim(ClaimRequest{
+      .scope = "s", .id = "e", .fingerprint = b, .version = VersionStamp{.key = "k2", .version = 1}});
+  ASSERT_TRUE(conflict.ok()) << conflict.status();
+  EXPECT_EQ(conflict->status, ClaimStatus::kConflict);
+  // Without a version key: found through the id's pointer.
+  absl::StatusOr<ClaimResult> bare = store->Claim(ClaimRequest{.scope = "s", .id = "e"});
+  ASSERT_TRUE(bare.ok()) << bare.status();
+  EXPECT_EQ(bare->status, ClaimStatus::kInProgress);
+  // Released, the same payload with another version key would be acquired where its version gate
+  // cannot apply: refused, and the claim is released again.
+  ASSERT_TRUE(store->Release("s", "e", first->token).ok());
+  absl::StatusOr<ClaimResult> refused = store->Claim(ClaimRequest{
+      .scope = "s", .id = "e", .fingerprint = a, .version = VersionStamp{.key = "k2", .version = 1}});
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition) << refused.status();
+  absl::StatusOr<std::optional<RecordInfo>> info = store->Inspect("s", "e");
+  ASSERT_TRUE(info.ok() && info->has_value());
+  EXPECT_EQ((*info)->state, RecordState::kReleased);
+  // Its own version key claims it, and completes it with the gate.
+  absl::StatusOr<ClaimResult> again = store->Claim(ClaimRequest{
+      .scope = "s", .id = "e", .fingerprint = a, .version = VersionStamp{.key = "k1", .version = 1}});
+  ASSERT_TRUE(again.ok() && again->status == ClaimStatus::kAcquired);
+  ASSERT_TRUE(store->Complete(CompleteRequest{.scope = "s", .id = "e", .token = again->token,
+                                              .version = VersionStamp{.key = "k1", .version = 1}})
+                  .ok());
+  EXPECT_EQ(store->AppliedVersion("s", "k1").value_or(std::nullopt), 1u);
+  // Completed: every later delivery, whatever its version key, is a duplicate.
+  absl::StatusOr<ClaimResult> duplicate = store->Claim(ClaimRequest{
+      .scope = "s", .id = "e", .fingerprint = a, .version = VersionStamp{.key = "k3", .version = 9}});
+  ASSERT_TRUE(duplicate.ok()) << duplicate.status();
+  EXPECT_EQ(duplicate->status, ClaimStatus::kDuplicate);
+  // An id first delivered without a version key, then with one: its record routed by the id.
+  absl::StatusOr<ClaimResult> plain = store->Claim(ClaimRequest{.scope = "s", .id = "f"});
+  ASSERT_TRUE(plain.ok() && plain->status == ClaimStatus::kAcquired);
   absl::StatusOr<ClaimResult> keyed = store->Claim(ClaimRequest{
       .scope = "s", .id = "f", .version = VersionStamp{.key = "k1", .version = 2}});
-  EXPECT_EQ(keyed.status().code(), absl::StatusCode::kFailedPrecondition);
-  // The same version key again is the normal redelivery: in progress.
-  absl::StatusOr<ClaimResult> same = store->Claim(ClaimRequest{
-      .scope = "s", .id = "e", .version = VersionStamp{.key = "k1", .version = 1}});
-  ASSERT_TRUE(same.ok()) << same.status();
-  EXPECT_EQ(same->status, ClaimStatus::kInProgress);
+  ASSERT_TRUE(keyed.ok()) << keyed.status();
+  EXPECT_EQ(keyed->status, ClaimStatus::kInProgress);
 }
 
 TEST(RedisCluster, IdemAdminFindsRecords) {

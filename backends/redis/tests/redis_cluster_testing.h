@@ -21,10 +21,15 @@ inline int ClusterPort(int node = 0) {
   return std::atoi(port) + node;
 }
 
-inline std::string ClusterEnv(const char* name) {
-  const char* value = std::getenv(name);
-  if (value == nullptr) ADD_FAILURE() << name << " is not set: run through ctest";
-  return value == nullptr ? std::string() : std::string(value);
+// The fixture's directory (its nodes' pidfiles and configs) and its script, as the build knows
+// them; the environment may name others (a cluster started by hand).
+inline std::string ClusterDir() {
+  const char* value = std::getenv("IDEM_REDIS_CLUSTER_DIR");
+  return value != nullptr ? std::string(value) : std::string(IDEM_REDIS_CLUSTER_DIR);
+}
+inline std::string ClusterScript() {
+  const char* value = std::getenv("IDEM_REDIS_CLUSTER_SCRIPT");
+  return value != nullptr ? std::string(value) : std::string(IDEM_REDIS_CLUSTER_SCRIPT);
 }
 
 // A redis+cluster URI with two seeds of the fixture and `prefix`.
