@@ -1,6 +1,7 @@
 #!/bin/sh
 # CTest fixture for the Redis Cluster tests (and bench/run.sh): six redis-server processes on
-# 127.0.0.1, ports BASE..BASE+5, joined by `redis-cli --cluster create` into 3 masters with one
+# 127.0.0.1, ports BASE..BASE+5 (their cluster bus on BASE+10..BASE+15, not Redis's default of
+# port + 10000, which lands in Linux's ephemeral range), joined by `redis-cli --cluster create` into 3 masters with one
 # replica each; each node is stopped by the PID in its own pidfile (never by name: other builds
 # run on this machine).
 #
@@ -79,7 +80,8 @@ start)
   nodes=""
   for n in 0 1 2 3 4 5; do
     port=$((base + n))
-    if redis-cli -h 127.0.0.1 -p "$port" ping >/dev/null 2>&1; then
+    if redis-cli -h 127.0.0.1 -p "$port" ping >/dev/null 2>&1 ||
+       redis-cli -h 127.0.0.1 -p $((port + 10)) ping >/dev/null 2>&1; then
       fail "port $port is already served by another process; set another IDEM_REDIS_CLUSTER_PORT"
     fi
     node_dir="$dir/node-$n"
@@ -95,6 +97,7 @@ pidfile $node_dir/redis.pid
 dir $node_dir
 logfile $node_dir/redis.log
 cluster-enabled yes
+cluster-port $((port + 10))
 cluster-config-file $node_dir/nodes.conf
 cluster-node-timeout 1500
 cluster-replica-validity-factor 0
