@@ -45,6 +45,16 @@
 // not a record), Internal (protocol error or unexpected reply).
 // Passwords never appear in errors, warnings or logs.
 //
+// Redis Cluster (cluster_seeds, or a redis+cluster:// URI): every command goes to the master of its
+// key's hash slot, read from CLUSTER SLOTS and followed through MOVED and ASK; TRYAGAIN,
+// CLUSTERDOWN and an unreachable master are retried a bounded number of times, then Unavailable.
+// Every key of a message carries the hash tag of its route key (its version key, else its id), so
+// a record and its version-gate entry share a slot; a versioned message also has a route pointer
+// in its id's slot for the calls that get only (scope, id). Every delivery of a message must carry
+// the same version key, or none (README, "Redis Cluster"). Batches are split per master and
+// pipelined to all of them at once. A failover can lose what the dead master acknowledged but had
+// not yet replicated.
+//
 // Thread-safety: a store is safe for concurrent use. It keeps a pool of up to `pool_size`
 // connections; a call holds one connection for its round trip and waits when all are busy.
 // While it writes, it blocks SIGPIPE in the calling thread (as libpq does), so a connection the
