@@ -54,7 +54,7 @@ PEER_COMPARISON = {"sequential": ("redis", "lease"), "inflight64": ("redis", "ba
 def load_benchmarks(out_dir):
     """Returns {(backend, pattern, impl): msgs_per_s} and the list of errors."""
     rates, errors = {}, []
-    for name in ("memory", "sqlite", "redis", "postgres", "adapters"):
+    for name in ("memory", "sqlite", "redis", "redis-cluster", "postgres", "adapters"):
         path = os.path.join(out_dir, name + ".json")
         if not os.path.exists(path):
             continue

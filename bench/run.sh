@@ -17,7 +17,9 @@
 #               run only these backends (the peer runs only with redis; no adapters)
 #
 # Environment: BUILD_DIR (default build-bench), JOBS (default 2), IDEM_BENCH_REDIS_PORT
-# (default 26479), IDEM_BENCH_PG_PORT (default 26432), IDEM_BENCH_RABBITMQ_PORT (default 26672; the
+# (default 26479), IDEM_BENCH_REDIS_CLUSTER_PORT (default 26500: a 3-master, 3-replica Redis
+# Cluster on it and the 5 ports above, bus ports +10..+15, started by
+# backends/redis/tests/redis_cluster.sh and stopped by PID; compared with the single server), IDEM_BENCH_PG_PORT (default 26432), IDEM_BENCH_RABBITMQ_PORT (default 26672; the
 # two ports above it too: the broker's Erlang distribution and epmd). PostgreSQL 15 runs as a
 # private cluster (backends/postgres/tests/pg_server.sh: initdb in a temporary directory, 127.0.0.1
 # only, fsync and synchronous_commit on, the defaults), stopped by its PID on exit. The RabbitMQ
@@ -123,7 +125,15 @@ stop_rabbit() {
     sh "$rabbit_script" stop "$rabbit_dir/server" >/dev/null
   fi
 }
-trap 'stop_redis; stop_rabbit' EXIT
+# ---- a private Redis Cluster (3 masters, 3 replicas), each node stopped by its PID -------------
+cluster_port=${IDEM_BENCH_REDIS_CLUSTER_PORT:-26500}
+cluster_dir=$build/bench-redis-cluster
+stop_cluster() {
+  if [ -d "$cluster_dir" ]; then
+    sh backends/redis/tests/redis_cluster.sh stop "$cluster_dir" >/dev/null 2>&1 || true
+  fi
+}
+trap 'stop_redis; stop_rabbit; stop_cluster' EXIT
 if redis-cli -h 127.0.0.1 -p "$port" ping >/dev/null 2>&1; then
   echo "run.sh: something already listens on 127.0.0.1:$port; set IDEM_BENCH_REDIS_PORT" >&2
   exit 1
@@ -177,6 +187,19 @@ for backend in "${backends[@]}"; do
     --benchmark_out="$out/$backend.json" --benchmark_out_format=json
 done
 
+# ---- Redis Cluster: idem on the cluster against idem on the single server, at the same load ------
+case " ${backends[*]} " in
+  *" redis "*)
+    echo "run.sh: idem_bench_redis_cluster (6 nodes on 127.0.0.1:$cluster_port..$((cluster_port + 5)))"
+    cmake --build "$build" -j"$jobs" --target idem_bench_redis_cluster
+    sh backends/redis/tests/redis_cluster.sh start "$cluster_port" "$cluster_dir" >/dev/null
+    IDEM_BENCH_REDIS_CLUSTER_PORT=$cluster_port "$build/bench/idem_bench_redis_cluster" \
+      "${gbench[@]}" --benchmark_out="$out/redis-cluster.json" --benchmark_out_format=json \
+      >"$out/redis-cluster.txt"
+    stop_cluster
+    ;;
+esac
+
 # ---- the peer: Powertools for AWS Lambda (TypeScript) idempotency on the same Redis ----------
 # Round-trip latency on an idle VM drifts (vCPU wake-ups), so the peer and idem's comparable
 # benchmarks (redis lease and batch 100) run in alternating rounds; the report takes medians.
@@ -217,6 +240,7 @@ python3 bench/report.py "$out" --mode "$mode" --redis-version "$(redis-server --
   --postgres-version "$pg_version" --command "bench/run.sh${*:+ $*}"
 # report.py reads the Google Benchmark JSON; the RabbitMQ program prints its RATIO lines itself.
 [ -z "$only" ] && cat "$out/rabbitmq.txt"
+[ -f "$out/redis-cluster.txt" ] && grep '^SPREAD' "$out/redis-cluster.txt"
 if ((publish)); then
   mkdir -p bench/results
   cp "$out/results.md" "$out/throughput.png" bench/results/

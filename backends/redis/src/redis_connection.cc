@@ -280,6 +280,21 @@ absl::StatusOr<ReplyPtr> Connection::GetReply(std::string_view what) {
   return reply;
 }
 
+absl::Status Connection::Flush(std::string_view what) {
+  if (broken()) {
+    return absl::UnavailableError(Cat("redis ", what, " at ", endpoint_, ": connection is broken"));
+  }
+  if (!unsent_) return absl::OkStatus();
+  const SigpipeGuard guard;
+  int done = 0;
+  while (done == 0) {
+    errno = 0;
+    if (redisBufferWrite(context_.get(), &done) != REDIS_OK) return Fail(errno, what);
+  }
+  unsent_ = false;
+  return absl::OkStatus();
+}
+
 Pool::Handle::~Handle() {
   if (connection_ != nullptr) pool_->Return(std::move(connection_));
 }

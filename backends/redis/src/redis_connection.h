@@ -93,6 +93,9 @@ class Connection {
   // length): hiredis 0.14's own argv formatting costs more than the rest of a call.
   absl::Status Append(std::span<const std::string_view> args, std::string_view what);
   absl::StatusOr<ReplyPtr> GetReply(std::string_view what);
+  // Writes every buffered command without reading a reply (a cluster batch writes to all its
+  // nodes before it reads from any). The GetReply calls that follow only read.
+  absl::Status Flush(std::string_view what);
 
   bool broken() const;
   // For a reply the caller cannot make sense of: the replies still to come would be misread.

@@ -31,6 +31,11 @@ void AppendVersionKey(std::string* out, std::string_view prefix, std::string_vie
   AppendKey(out, prefix, 'v', scope, key);
 }
 
+void AppendPointerKey(std::string* out, std::string_view prefix, std::string_view scope,
+                      std::string_view id) {
+  AppendKey(out, prefix, 'p', scope, id);
+}
+
 std::string RecordKey(std::string_view prefix, std::string_view scope, std::string_view id) {
   std::string key;
   AppendRecordKey(&key, prefix, scope, id);

@@ -19,7 +19,11 @@ namespace idem::internal::redis {
 // ("idem", "a:b", "c") -> "4:idem:r:3:a:b:c".
 std::string RecordKey(std::string_view prefix, std::string_view scope, std::string_view id);
 std::string VersionKey(std::string_view prefix, std::string_view scope, std::string_view key);
+// Cluster mode's route pointer of (prefix, scope, id), with the tag 'p' (redis_cluster_scripts.h):
+//   <len(prefix)>:<prefix>:p:<len(scope)>:<scope>:<id>
 // The same, appended to `out`.
+void AppendPointerKey(std::string* out, std::string_view prefix, std::string_view scope,
+                      std::string_view id);
 void AppendRecordKey(std::string* out, std::string_view prefix, std::string_view scope,
                      std::string_view id);
 void AppendVersionKey(std::string* out, std::string_view prefix, std::string_view scope,

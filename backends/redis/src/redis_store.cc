@@ -27,6 +27,8 @@
 #include "internal/strings.h"
 #include "internal/token.h"
 #include "redis_admin_scripts.h"
+#include "redis_cluster.h"
+#include "redis_cluster_scripts.h"
 #include "redis_connection.h"
 #include "redis_keys.h"
 #include "redis_record.h"
@@ -37,18 +39,22 @@
 namespace idem {
 namespace {
 
+using internal::redis::AppendClusterTag;
 using internal::redis::AppendCompletedTail;
 using internal::redis::AppendNewClaimRecord;
 using internal::redis::AppendOwner;
+using internal::redis::AppendPointerKey;
 using internal::redis::AppendRecordKey;
 using internal::redis::AppendVersion;
 using internal::redis::AppendVersionKey;
 using internal::redis::Cat;
+using internal::redis::ClusterRouter;
 using internal::redis::Connection;
 using internal::redis::ConnectParams;
 using internal::redis::DecodeRecord;
 using internal::redis::DecodeVersion;
 using internal::redis::ErrorReplyStatus;
+using internal::redis::KeySlot;
 using internal::redis::Pool;
 using internal::redis::RecordKey;
 using internal::redis::ReplyPtr;
@@ -58,7 +64,17 @@ using internal::redis::VersionKey;
 // durations stay exact in Lua's doubles.
 constexpr int64_t kMaxMillis = int64_t{1} << 40;
 
-enum ScriptId { kClaim = 0, kComplete, kRelease, kExtend, kInspect, kScriptCount };
+enum ScriptId {
+  kClaim = 0,
+  kComplete,
+  kRelease,
+  kExtend,
+  kInspect,
+  kPointer,
+  kRoute,
+  kClusterClaim,
+  kScriptCount
+};
 
 struct ScriptInfo {
   std::string_view name;
@@ -70,7 +86,14 @@ constexpr std::array<ScriptInfo, kScriptCount> kScripts = {{
     {"release", internal::redis::kReleaseScript},
     {"extend", internal::redis::kExtendScript},
     {"inspect", internal::redis::kInspectScript},
+    {"pointer", internal::redis::kPointerScript},
+    {"route", internal::redis::kRouteScript},
+    {"cluster claim", internal::redis::kClusterClaimScript},
 }};
+
+// Cluster mode: a route pointer outlives its record by at least this much (the time between the
+// pointer's write and the record's, in the next round trip, must stay below it).
+constexpr int64_t kPointerSlackMs = 3'600'000;
 
 // Commands to pipeline, packed in one buffer: a batch costs a few allocations, not a few per
 // message. Each is a script call (sent as EVALSHA sha numkeys KEYS... ARGV...) or a plain
@@ -112,6 +135,12 @@ class Commands {
 
   std::string_view operation() const { return operation_; }
   std::size_t size() const { return commands_.size(); }
+  // Command i's first key (a script's KEYS[1], a plain command's first argument): what cluster
+  // mode routes it by.
+  std::string_view FirstKey(std::size_t i) const {
+    const Span& span = spans_[commands_[i].first_span + (commands_[i].script == kPlain ? 1 : 0)];
+    return std::string_view(bytes_).substr(span.offset, span.size);
+  }
   bool is_script(std::size_t i) const { return commands_[i].script != kPlain; }
   // Replaces `argv` with command i: for a script, EVALSHA `sha` (or, with `eval`, EVAL and the
   // script's body), numkeys, KEYS, ARGV.
@@ -158,6 +187,14 @@ struct Replies {
   absl::Status failure;
   // The server's clock (ms) read by a TIME sent ahead of the calls, when one was asked for.
   int64_t server_ms = 0;
+  // Cluster mode: per command, why it got no reply, and the clock of the node that ran it (each
+  // node's TIME is read in its own pipeline).
+  std::vector<absl::Status> failures;
+  std::vector<int64_t> times;
+  const absl::Status& Failure(std::size_t k) const {
+    return failures.empty() ? failure : failures[k];
+  }
+  int64_t ServerMs(std::size_t k) const { return times.empty() ? server_ms : times[k]; }
 };
 
 std::string_view ReplyString(const redisReply* reply) {
@@ -172,6 +209,15 @@ absl::Status UnexpectedReply(std::string_view what) {
   return absl::InternalError(Cat("redis ", what, ": unexpected reply shape"));
 }
 
+// Cluster mode: the version key in the cluster claim script's {'route', 0, key} reply.
+std::optional<std::string> RouteReply(const redisReply* r) {
+  if (r->type != REDIS_REPLY_ARRAY || r->elements != 3 || !IsString(r->element[0]) ||
+      ReplyString(r->element[0]) != "route" || !IsString(r->element[2])) {
+    return std::nullopt;
+  }
+  return std::string(ReplyString(r->element[2]));
+}
+
 absl::Status CheckMillis(std::chrono::milliseconds value, std::string_view what, bool allow_zero) {
   if (value.count() < (allow_zero ? 0 : 1) || value.count() > kMaxMillis) {
     return absl::InvalidArgumentError(
@@ -181,7 +227,25 @@ absl::Status CheckMillis(std::chrono::milliseconds value, std::string_view what,
 }
 
 absl::Status ValidateOptions(const RedisStoreOptions& options) {
-  if (options.unix_socket.empty()) {
+  if (!options.cluster_seeds.empty()) {
+    if (options.cluster_seeds.size() > internal::redis::kMaxClusterSeeds) {
+      return absl::InvalidArgumentError("redis: at most 64 cluster seeds");
+    }
+    for (const RedisNodeAddress& seed : options.cluster_seeds) {
+      if (seed.host.empty()) return absl::InvalidArgumentError("redis: a cluster seed host is empty");
+      if (seed.port < 1 || seed.port > 65535) {
+        return absl::InvalidArgumentError("redis: a cluster seed port must be 1..65535");
+      }
+    }
+    if (options.db != 0) {
+      return absl::InvalidArgumentError("redis: a cluster has one database: db must be 0");
+    }
+    if (options.cluster_max_redirects < 0 || options.cluster_max_redirects > 100 ||
+        options.cluster_max_retries < 0 || options.cluster_max_retries > 100) {
+      return absl::InvalidArgumentError(
+          "redis: cluster_max_redirects and cluster_max_retries must be 0..100");
+    }
+  } else if (options.unix_socket.empty()) {
     if (options.host.empty()) return absl::InvalidArgumentError("redis: host must not be empty");
     if (options.port < 1 || options.port > 65535) {
       return absl::InvalidArgumentError("redis: port must be 1..65535");
@@ -236,6 +300,7 @@ class RedisStore final : public DedupStore {
   std::string_view BackendName() const override { return "redis"; }
 
   void UseScriptClaims() { plain_claims_.store(false, std::memory_order_relaxed); }
+  std::optional<RedisClusterCounters> ClusterCounters() const;
 
   // Operator calls and waiting (defined at the end of this file, with redis_admin_scripts.h).
   // List walks the scope's keys with SCAN; WaitForCompletion subscribes to the channel the
@@ -254,13 +319,47 @@ class RedisStore final : public DedupStore {
 
   // Reads the persistence and eviction settings and reports unsafe ones. A refused CONFIG is a
   // warning; a failed connection is the returned status.
-  absl::Status CheckServerSettings(Connection& connection);
+  absl::Status CheckServerSettings(Connection& connection, const std::string& endpoint);
   absl::Status LoadScripts(Connection& connection);
 
   absl::StatusOr<uint64_t> NextToken();
   std::string What(std::string_view operation) const {
+    if (!options_.cluster_seeds.empty()) return Cat(operation, " on the cluster");
     return Cat(operation, " at ", pool_.params().Endpoint());
   }
+
+  // --- Cluster mode (cluster_ set; redis_cluster.h, redis_cluster_scripts.h).
+  // The key of the record of (scope, id) routed by `route`, and of a version-gate entry: in
+  // cluster mode with the route's hash tag in front, else the single-server layout.
+  void AppendRecordKeyOf(std::string* out, std::string_view scope, std::string_view id,
+                         std::string_view route) const {
+    if (cluster_) AppendClusterTag(out, options_.key_prefix, scope, route);
+    AppendRecordKey(out, options_.key_prefix, scope, id);
+  }
+  void AppendVersionKeyOf(std::string* out, std::string_view scope, std::string_view key) const {
+    if (cluster_) AppendClusterTag(out, options_.key_prefix, scope, key);
+    AppendVersionKey(out, options_.key_prefix, scope, key);
+  }
+  // The key of the record of (scope, id) for the calls that get no version key: in cluster mode
+  // read from the id's slot (the record routed by the id, else the route pointer), raising the
+  // pointer's TTL to `pointer_ttl_ms` first when it is not 0.
+  absl::StatusOr<std::string> LocateRecord(std::string_view scope, std::string_view id,
+                                           int64_t pointer_ttl_ms, std::string_view operation);
+  // A route pointer to write (or keep) before a record routed by `route` is written.
+  struct RouteWrite {
+    std::size_t index;
+    std::string_view scope;
+    std::string_view id;
+    std::string_view route;
+    int64_t ttl_ms;
+  };
+  // Writes the pointers, pipelined; sets one status per entry of `statuses` (its size), OK for
+  // entries without a pointer to write. With `reroutes`, an id already routed otherwise (another
+  // version key, or none) gets that route there (and an OK status) instead of FailedPrecondition.
+  void WriteRoutes(std::span<const RouteWrite> writes, std::string_view operation,
+                   std::vector<absl::Status>* statuses,
+                   std::vector<std::optional<std::string>>* reroutes = nullptr);
+  Replies RunCluster(const Commands& commands, bool read_time);
 
   // Runs the commands pipelined on one connection: all are sent, then all replies read, in one
   // round trip. With `read_time`, a TIME goes first, so `server_ms` is no later than the moment
@@ -269,12 +368,24 @@ class RedisStore final : public DedupStore {
   // the script.
   Replies Run(const Commands& commands, bool read_time);
   // One plain command (GET); a server error reply becomes a status.
+  // In cluster mode it goes to the master of args[key_index]'s slot.
   absl::StatusOr<ReplyPtr> RunCommand(std::span<const std::string_view> args,
-                                      std::string_view operation);
+                                      std::string_view operation, std::size_t key_index = 1);
 
   // Appends the claim of `request` with `token`: the claim script, or with `plain` the plain
   // SET NX GET that is the whole claim of a new id (see ClaimBatch).
-  void AppendClaim(Commands* commands, const ClaimRequest& request, uint64_t token, bool plain);
+  // Cluster mode: a versioned claim made at a record routed otherwise (`reroutes`) keeps its
+  // outcome when it is one the record decides alone (a conflict, a duplicate, in progress, dead
+  // lettered); one acquired is released at once and answered FailedPrecondition, as its
+  // completion could not apply its version gate atomically.
+  void RefuseRerouted(std::span<const ClaimRequest> requests,
+                      const std::vector<std::optional<std::string>>& reroutes,
+                      const std::vector<uint64_t>& tokens,
+                      std::vector<absl::StatusOr<ClaimResult>>* out);
+  // In cluster mode, a non-empty `route` is the version key an unversioned message's record is
+  // routed by (its pointer said so); an unversioned claim without one checks the pointer.
+  void AppendClaim(Commands* commands, const ClaimRequest& request, uint64_t token, bool plain,
+                   std::string_view route = {});
   // The outcome of one claim from the claim script's reply; `server_ms` is the TIME read ahead.
   absl::StatusOr<ClaimResult> ParseClaimReply(const redisReply* reply, uint64_t token,
                                               int64_t lease_ms, int64_t server_ms);
@@ -285,6 +396,11 @@ class RedisStore final : public DedupStore {
                                                                   uint64_t token,
                                                                   int64_t server_ms);
   absl::StatusOr<CompleteStatus> ParseCompleteReply(const redisReply* reply);
+  // Appends the completion of `request`: at `record_key` when not empty, else at its own record.
+  void AppendComplete(Commands* calls, const CompleteRequest& request, std::string_view record_key);
+  // Cluster mode: an unversioned completion its id's record fenced, sent again to the record its
+  // route pointer names, if any (a message delivered with a version key and completed without).
+  absl::StatusOr<CompleteStatus> CompleteRerouted(const CompleteRequest& request);
   // The integer reply (1 done, 0 fenced) of release or extend.
   absl::Status ParseOwnerReply(const Replies& replies, std::string_view operation);
   absl::Status Fenced(std::string_view operation);
@@ -297,6 +413,8 @@ class RedisStore final : public DedupStore {
   // server answers it with a syntax error (an older Redis).
   std::atomic<bool> plain_claims_{true};
   Pool pool_;
+  // Cluster mode's routing; null for a single server.
+  std::unique_ptr<ClusterRouter> cluster_;
   // Serializes calls of a user's token source, which need not be thread-safe. (std::mutex: see
   // Pool.)
   std::mutex token_mu_;
@@ -319,16 +437,43 @@ absl::StatusOr<std::unique_ptr<DedupStore>> RedisStore::Open(RedisStoreOptions o
   std::function<uint64_t()> token_source =
       options.token_source ? options.token_source : internal::RandomTokenSource();
 
+  if (!options.cluster_seeds.empty()) {
+    params.host = options.cluster_seeds.front().host;
+    params.port = options.cluster_seeds.front().port;
+    params.unix_socket.clear();
+  }
   std::unique_ptr<RedisStore> store(new RedisStore(std::move(options), std::move(params)));
   store->token_source_ = std::move(token_source);
+  if (!store->options_.cluster_seeds.empty()) {
+    ClusterRouter::Options cluster;
+    cluster.params = store->pool_.params();
+    for (const RedisNodeAddress& seed : store->options_.cluster_seeds) {
+      cluster.seeds.push_back(internal::redis::NodeAddress{.host = seed.host, .port = seed.port});
+    }
+    cluster.pool_size = store->options_.pool_size;
+    cluster.backoff_min = store->options_.reconnect_backoff_min;
+    cluster.backoff_max = store->options_.reconnect_backoff_max;
+    cluster.max_redirects = store->options_.cluster_max_redirects;
+    cluster.max_retries = store->options_.cluster_max_retries;
+    store->cluster_ = std::make_unique<ClusterRouter>(std::move(cluster));
+    // Fail fast: the slot map is read, and every master checked and given the scripts.
+    IDEM_RETURN_IF_ERROR(store->cluster_->Refresh());
+    for (const internal::redis::NodeAddress& master : store->cluster_->Masters()) {
+      IDEM_ASSIGN_OR_RETURN(Pool::Handle connection, store->cluster_->AcquireAt(master));
+      IDEM_RETURN_IF_ERROR(store->CheckServerSettings(*connection, master.Endpoint()));
+      IDEM_RETURN_IF_ERROR(store->LoadScripts(*connection));
+    }
+    return std::unique_ptr<DedupStore>(std::move(store));
+  }
   // Fail fast: a store that cannot reach its server, or authenticate, is not opened.
   IDEM_ASSIGN_OR_RETURN(Pool::Handle connection, store->pool_.Acquire());
-  IDEM_RETURN_IF_ERROR(store->CheckServerSettings(*connection));
+  IDEM_RETURN_IF_ERROR(store->CheckServerSettings(*connection, store->pool_.params().Endpoint()));
   IDEM_RETURN_IF_ERROR(store->LoadScripts(*connection));
   return std::unique_ptr<DedupStore>(std::move(store));
 }
 
-absl::Status RedisStore::CheckServerSettings(Connection& connection) {
+absl::Status RedisStore::CheckServerSettings(Connection& connection,
+                                             const std::string& endpoint) {
   auto warn = [this](const std::string& line) {
     if (options_.warning) {
       options_.warning(line);
@@ -336,7 +481,6 @@ absl::Status RedisStore::CheckServerSettings(Connection& connection) {
       std::fprintf(stderr, "idem redis warning: %s\n", line.c_str());
     }
   };
-  const std::string endpoint = pool_.params().Endpoint();
   // CONFIG GET one parameter at a time: Redis before 7.0 takes a single pattern.
   auto config_get = [&](std::string_view name) -> absl::StatusOr<std::optional<std::string>> {
     const std::string_view args[] = {"CONFIG", "GET", name};
@@ -388,7 +532,9 @@ absl::Status RedisStore::CheckServerSettings(Connection& connection) {
 }
 
 absl::Status RedisStore::LoadScripts(Connection& connection) {
-  for (int i = 0; i < kScriptCount; ++i) {
+  // A single server needs only the scripts up to kInspect; cluster mode's come after it.
+  const int count = options_.cluster_seeds.empty() ? kInspect + 1 : kScriptCount;
+  for (int i = 0; i < count; ++i) {
     const std::string_view args[] = {"SCRIPT", "LOAD", kScripts[i].body};
     const std::string operation = Cat("SCRIPT LOAD ", kScripts[i].name);
     const std::string what = What(operation);
@@ -408,6 +554,7 @@ absl::StatusOr<uint64_t> RedisStore::NextToken() {
 }
 
 Replies RedisStore::Run(const Commands& commands, bool read_time) {
+  if (cluster_) return RunCluster(commands, read_time);
   Replies out;
   out.replies.resize(commands.size());
   if (commands.size() == 0) return out;
@@ -475,8 +622,42 @@ Replies RedisStore::Run(const Commands& commands, bool read_time) {
   return out;
 }
 
+Replies RedisStore::RunCluster(const Commands& commands, bool read_time) {
+  std::vector<ClusterRouter::Request> requests(commands.size());
+  for (std::size_t i = 0; i < commands.size(); ++i) {
+    requests[i] = ClusterRouter::Request{.slot = KeySlot(commands.FirstKey(i)),
+                                         .script = commands.is_script(i)};
+  }
+  ClusterRouter::Result result = cluster_->Run(
+      requests,
+      [&](std::size_t i, bool eval, std::vector<std::string_view>* argv) {
+        commands.Command(i, eval, shas_, argv);
+      },
+      read_time, commands.operation());
+  Replies out;
+  out.replies = std::move(result.replies);
+  out.failures = std::move(result.failures);
+  out.times = std::move(result.server_ms);
+  return out;
+}
+
 absl::StatusOr<ReplyPtr> RedisStore::RunCommand(std::span<const std::string_view> args,
-                                                std::string_view operation) {
+                                                std::string_view operation,
+                                                std::size_t key_index) {
+  if (cluster_) {
+    const ClusterRouter::Request request{.slot = KeySlot(args[key_index]), .script = false};
+    ClusterRouter::Result result = cluster_->Run(
+        std::span(&request, 1),
+        [&](std::size_t, bool, std::vector<std::string_view>* argv) {
+          argv->assign(args.begin(), args.end());
+        },
+        /*read_time=*/false, operation);
+    if (result.replies.front() == nullptr) return result.failures.front();
+    if (result.replies.front()->type == REDIS_REPLY_ERROR) {
+      return ErrorReplyStatus(ReplyString(result.replies.front().get()), What(operation));
+    }
+    return std::move(result.replies.front());
+  }
   IDEM_ASSIGN_OR_RETURN(Pool::Handle connection, pool_.Acquire());
   IDEM_ASSIGN_OR_RETURN(ReplyPtr reply, connection->Command(args, operation));
   if (reply->type == REDIS_REPLY_ERROR) {
@@ -500,18 +681,30 @@ absl::Status RedisStore::Fenced(std::string_view operation) {
 // TIME is read before any claim runs, so the lease ends reported are never later than the
 // server's own (the TTLs, which the server counts from when each claim ran).
 void RedisStore::AppendClaim(Commands* commands, const ClaimRequest& request, uint64_t token,
-                             bool plain) {
+                             bool plain, std::string_view route) {
   const int64_t keep = options_.retention.count();
+  // Cluster mode: an unversioned message may have been delivered before with a version key, and
+  // its record routed by it: the claim script asks the id's pointer first.
+  const bool check_route = cluster_ && !request.version.has_value() && route.empty();
   if (plain) {
     commands->BeginPlain();
     commands->Arg("SET");
+  } else if (check_route) {
+    commands->BeginScript(kClusterClaim, 2);
   } else {
     commands->BeginScript(kClaim, request.version.has_value() ? 2 : 1);
   }
-  AppendRecordKey(commands->buffer(), options_.key_prefix, request.scope, request.id);
+  AppendRecordKeyOf(commands->buffer(), request.scope, request.id,
+                    !route.empty()                 ? route
+                    : request.version.has_value() ? request.version->key
+                                                  : request.id);
   commands->EndArg();
   if (!plain && request.version.has_value()) {
-    AppendVersionKey(commands->buffer(), options_.key_prefix, request.scope, request.version->key);
+    AppendVersionKeyOf(commands->buffer(), request.scope, request.version->key);
+    commands->EndArg();
+  } else if (check_route) {
+    AppendClusterTag(commands->buffer(), options_.key_prefix, request.scope, request.id);
+    AppendPointerKey(commands->buffer(), options_.key_prefix, request.scope, request.id);
     commands->EndArg();
   }
   AppendNewClaimRecord(commands->buffer(), token, static_cast<uint64_t>(keep), request.fingerprint);
@@ -527,6 +720,7 @@ void RedisStore::AppendClaim(Commands* commands, const ClaimRequest& request, ui
   commands->ArgDecimal(request.max_attempts);
   if (request.version.has_value()) AppendVersion(commands->buffer(), request.version->version);
   commands->EndArg();
+  if (check_route) commands->Arg("route");
 }
 
 std::vector<absl::StatusOr<ClaimResult>> RedisStore::ClaimBatch(
@@ -538,54 +732,119 @@ std::vector<absl::StatusOr<ClaimResult>> RedisStore::ClaimBatch(
   sent.reserve(requests.size());
   Commands commands("claim", requests.size());
   const bool plain_claims = plain_claims_.load(std::memory_order_relaxed);
+  // Cluster mode: the route pointers of versioned messages are written first (a round trip).
+  std::vector<absl::Status> routed;
+  // Cluster mode: a versioned message whose id is already routed otherwise (see WriteRoutes).
+  std::vector<std::optional<std::string>> reroutes;
+  if (cluster_) {
+    std::vector<RouteWrite> writes;
+    for (size_t i = 0; i < requests.size(); ++i) {
+      const ClaimRequest& request = requests[i];
+      if (!request.version.has_value() || request.version->key == request.id ||
+          !ValidateClaimRequest(request, options_.max_id_bytes).ok()) {
+        continue;
+      }
+      writes.push_back(RouteWrite{
+          .index = i,
+          .scope = request.scope,
+          .id = request.id,
+          .route = request.version->key,
+          .ttl_ms = request.lease.count() + 2 * options_.retention.count() + kPointerSlackMs});
+    }
+    routed.resize(requests.size());
+    if (!writes.empty()) {
+      reroutes.resize(requests.size());
+      WriteRoutes(writes, "claim", &routed, &reroutes);
+    }
+  }
   for (size_t i = 0; i < requests.size(); ++i) {
     const ClaimRequest& request = requests[i];
     // ValidateClaimRequest bounds the lease (ValidateLease) below 2^40 ms, as the scripts need.
     absl::Status status = ValidateClaimRequest(request, options_.max_id_bytes);
+    if (status.ok() && !routed.empty()) status = routed[i];
     absl::StatusOr<uint64_t> token = status.ok() ? NextToken() : status;
     if (!token.ok()) {
       out[i] = token.status();
       continue;
     }
     tokens[i] = *token;
-    AppendClaim(&commands, request, *token, plain_claims && !request.version.has_value());
+    if (!reroutes.empty() && reroutes[i].has_value()) {
+      // Claimed where the id's record is, without the version gate (its entry is elsewhere).
+      ClaimRequest unversioned = request;
+      unversioned.version.reset();
+      AppendClaim(&commands, unversioned, *token, /*plain=*/false, *reroutes[i]);
+      sent.push_back(i);
+      continue;
+    }
+    // (Cluster mode claims through a script: see AppendClaim.)
+    AppendClaim(&commands, request, *token,
+                plain_claims && !request.version.has_value() && !cluster_);
     sent.push_back(i);
   }
 
   std::vector<size_t> undecided;  // requests the claim script must decide
+  // Cluster mode: the version key an unversioned request's record is routed by (its pointer's).
+  std::vector<std::string> routes;
   {
     const Replies replies = Run(commands, /*read_time=*/true);
     for (size_t k = 0; k < sent.size(); ++k) {
       const size_t i = sent[k];
       const redisReply* reply = replies.replies[k].get();
       if (reply == nullptr) {
-        out[i] = replies.failure;
+        out[i] = replies.Failure(k);
       } else if (!commands.is_script(k)) {
         std::optional<absl::StatusOr<ClaimResult>> result =
-            ParsePlainClaimReply(reply, requests[i], tokens[i], replies.server_ms);
+            ParsePlainClaimReply(reply, requests[i], tokens[i], replies.ServerMs(k));
         if (result.has_value()) {
           out[i] = *std::move(result);
         } else {
           undecided.push_back(i);
         }
+      } else if (std::optional<std::string> route = RouteReply(reply); route.has_value()) {
+        if (routes.empty()) routes.resize(requests.size());
+        routes[i] = *std::move(route);
+        undecided.push_back(i);
       } else {
-        out[i] = ParseClaimReply(reply, tokens[i], requests[i].lease.count(), replies.server_ms);
+        out[i] = ParseClaimReply(reply, tokens[i], requests[i].lease.count(), replies.ServerMs(k));
       }
     }
   }
+  if (!reroutes.empty()) RefuseRerouted(requests, reroutes, tokens, &out);
   if (undecided.empty()) return out;
 
   Commands scripts("claim", undecided.size());
-  for (size_t i : undecided) AppendClaim(&scripts, requests[i], tokens[i], /*plain=*/false);
+  for (size_t i : undecided) {
+    AppendClaim(&scripts, requests[i], tokens[i], /*plain=*/false,
+                routes.empty() ? std::string_view() : std::string_view(routes[i]));
+  }
   const Replies replies = Run(scripts, /*read_time=*/true);
   for (size_t k = 0; k < undecided.size(); ++k) {
     const size_t i = undecided[k];
     const redisReply* reply = replies.replies[k].get();
-    out[i] = reply == nullptr
-                 ? absl::StatusOr<ClaimResult>(replies.failure)
-                 : ParseClaimReply(reply, tokens[i], requests[i].lease.count(), replies.server_ms);
+    out[i] = reply == nullptr ? absl::StatusOr<ClaimResult>(replies.Failure(k))
+                              : ParseClaimReply(reply, tokens[i], requests[i].lease.count(),
+                                                replies.ServerMs(k));
   }
   return out;
+}
+
+void RedisStore::RefuseRerouted(std::span<const ClaimRequest> requests,
+                                const std::vector<std::optional<std::string>>& reroutes,
+                                const std::vector<uint64_t>& tokens,
+                                std::vector<absl::StatusOr<ClaimResult>>* out) {
+  for (size_t i = 0; i < requests.size(); ++i) {
+    absl::StatusOr<ClaimResult>& result = (*out)[i];
+    if (!reroutes[i].has_value() || !result.ok() || result->status != ClaimStatus::kAcquired) {
+      continue;
+    }
+    const absl::Status released = Release(requests[i].scope, requests[i].id, tokens[i]);
+    result = absl::FailedPreconditionError(Cat(
+        "redis ", What("claim"),
+        ": this message id was delivered before with another version key (or none) and the same "
+        "payload; in cluster mode every delivery of a message must carry the same version key, "
+        "which routes it to a hash slot",
+        released.ok() ? "" : " (and releasing the claim failed: it ends with its lease)"));
+  }
 }
 
 std::optional<absl::StatusOr<ClaimResult>> RedisStore::ParsePlainClaimReply(
@@ -689,33 +948,38 @@ std::vector<absl::StatusOr<CompleteStatus>> RedisStore::CompleteBatch(
   Commands calls("complete", requests.size());
   std::vector<bool> refused(requests.size(), false);
   std::vector<absl::Status> refusals;
+  // Cluster mode: a COMPLETED record kept longer than the store's retention first raises its
+  // route pointer's TTL (a round trip); the pointer written at the claim covers the rest.
+  std::vector<absl::Status> routed;
+  if (cluster_) {
+    std::vector<RouteWrite> writes;
+    for (size_t i = 0; i < requests.size(); ++i) {
+      const CompleteRequest& request = requests[i];
+      if (!request.version.has_value() || request.version->key == request.id ||
+          request.retention <= options_.retention ||
+          !ValidateCompleteRequest(request, options_.max_id_bytes).ok()) {
+        continue;
+      }
+      writes.push_back(RouteWrite{.index = i,
+                                  .scope = request.scope,
+                                  .id = request.id,
+                                  .route = request.version->key,
+                                  .ttl_ms = request.retention.count() + kPointerSlackMs});
+    }
+    routed.resize(requests.size());
+    if (!writes.empty()) WriteRoutes(writes, "complete", &routed);
+  }
   for (size_t i = 0; i < requests.size(); ++i) {
     const CompleteRequest& request = requests[i];
     // ValidateCompleteRequest refuses token 0 and bounds the retention below 2^40 ms.
     absl::Status status = ValidateCompleteRequest(request, options_.max_id_bytes);
+    if (status.ok() && !routed.empty()) status = routed[i];
     if (!status.ok()) {
       refused[i] = true;
       refusals.push_back(std::move(status));
       continue;
     }
-    const std::chrono::milliseconds retention =
-        request.retention.count() > 0 ? request.retention : options_.retention;
-    calls.BeginScript(kComplete, request.version.has_value() ? 2 : 1);
-    AppendRecordKey(calls.buffer(), options_.key_prefix, request.scope, request.id);
-    calls.EndArg();
-    if (request.version.has_value()) {
-      AppendVersionKey(calls.buffer(), options_.key_prefix, request.scope, request.version->key);
-      calls.EndArg();
-    }
-    AppendOwner(calls.buffer(), request.token);
-    calls.EndArg();
-    calls.ArgDecimal(retention.count());
-    AppendCompletedTail(calls.buffer(), request.fingerprint, request.result);
-    calls.EndArg();
-    if (request.version.has_value()) {
-      AppendVersion(calls.buffer(), request.version->version);
-      calls.EndArg();
-    }
+    AppendComplete(&calls, request, {});
   }
 
   const Replies replies = Run(calls, /*read_time=*/false);
@@ -728,14 +992,62 @@ std::vector<absl::StatusOr<CompleteStatus>> RedisStore::CompleteBatch(
       out.push_back(std::move(refusals[next_refusal++]));
       continue;
     }
-    const redisReply* reply = replies.replies[next_call++].get();
+    const redisReply* reply = replies.replies[next_call].get();
     if (reply == nullptr) {
-      out.push_back(replies.failure);
+      out.push_back(replies.Failure(next_call++));
+    } else if (cluster_ && !requests[i].version.has_value() &&
+               reply->type == REDIS_REPLY_INTEGER && reply->integer == 0) {
+      // Cluster mode: no claim of this token at the id's record; the record may be routed by a
+      // version key this delivery did not carry (see CompleteRerouted).
+      ++next_call;
+      out.push_back(CompleteRerouted(requests[i]));
     } else {
+      ++next_call;
       out.push_back(ParseCompleteReply(reply));
     }
   }
   return out;
+}
+
+void RedisStore::AppendComplete(Commands* calls, const CompleteRequest& request,
+                                std::string_view record_key) {
+  const std::chrono::milliseconds retention =
+      request.retention.count() > 0 ? request.retention : options_.retention;
+  calls->BeginScript(kComplete, request.version.has_value() ? 2 : 1);
+  if (!record_key.empty()) {
+    calls->Arg(record_key);
+  } else {
+    AppendRecordKeyOf(calls->buffer(), request.scope, request.id,
+                      request.version.has_value() ? request.version->key : request.id);
+    calls->EndArg();
+  }
+  if (request.version.has_value()) {
+    AppendVersionKeyOf(calls->buffer(), request.scope, request.version->key);
+    calls->EndArg();
+  }
+  AppendOwner(calls->buffer(), request.token);
+  calls->EndArg();
+  calls->ArgDecimal(retention.count());
+  AppendCompletedTail(calls->buffer(), request.fingerprint, request.result);
+  calls->EndArg();
+  if (request.version.has_value()) {
+    AppendVersion(calls->buffer(), request.version->version);
+    calls->EndArg();
+  }
+}
+
+absl::StatusOr<CompleteStatus> RedisStore::CompleteRerouted(const CompleteRequest& request) {
+  std::string by_id;
+  AppendRecordKeyOf(&by_id, request.scope, request.id, request.id);
+  IDEM_ASSIGN_OR_RETURN(const std::string key,
+                        LocateRecord(request.scope, request.id, 0, "complete"));
+  if (key == by_id) return Fenced("complete");
+  Commands calls("complete", 1);
+  AppendComplete(&calls, request, key);
+  const Replies replies = Run(calls, /*read_time=*/false);
+  const redisReply* reply = replies.replies.front().get();
+  if (reply == nullptr) return replies.Failure(0);
+  return ParseCompleteReply(reply);
 }
 
 absl::StatusOr<CompleteStatus> RedisStore::ParseCompleteReply(const redisReply* r) {
@@ -752,7 +1064,7 @@ absl::StatusOr<CompleteStatus> RedisStore::ParseCompleteReply(const redisReply* 
 
 absl::Status RedisStore::ParseOwnerReply(const Replies& replies, std::string_view operation) {
   const redisReply* r = replies.replies.front().get();
-  if (r == nullptr) return replies.failure;
+  if (r == nullptr) return replies.Failure(0);
   if (r->type == REDIS_REPLY_ERROR) return ErrorReplyStatus(ReplyString(r), What(operation));
   if (r->type != REDIS_REPLY_INTEGER) return UnexpectedReply(What(operation));
   if (r->integer != 1) return Fenced(operation);
@@ -761,10 +1073,10 @@ absl::Status RedisStore::ParseOwnerReply(const Replies& replies, std::string_vie
 
 absl::Status RedisStore::Release(std::string_view scope, std::string_view id, uint64_t token) {
   IDEM_RETURN_IF_ERROR(internal::ValidateOwnerArgs(scope, id, token, options_.max_id_bytes));
+  IDEM_ASSIGN_OR_RETURN(const std::string key, LocateRecord(scope, id, 0, "release"));
   Commands calls("release", 1);
   calls.BeginScript(kRelease, 1);
-  AppendRecordKey(calls.buffer(), options_.key_prefix, scope, id);
-  calls.EndArg();
+  calls.Arg(key);
   AppendOwner(calls.buffer(), token);
   calls.EndArg();
   calls.ArgDecimal(options_.retention.count());
@@ -775,17 +1087,21 @@ absl::StatusOr<int64_t> RedisStore::Extend(std::string_view scope, std::string_v
                                            uint64_t token, std::chrono::milliseconds lease) {
   IDEM_RETURN_IF_ERROR(internal::ValidateOwnerArgs(scope, id, token, options_.max_id_bytes));
   IDEM_RETURN_IF_ERROR(ValidateLease(lease));
+  // Cluster mode: the route pointer is first made to outlive the extended record.
+  IDEM_ASSIGN_OR_RETURN(
+      const std::string key,
+      LocateRecord(scope, id, lease.count() + 2 * options_.retention.count() + kPointerSlackMs,
+                   "extend"));
   Commands calls("extend", 1);
   calls.BeginScript(kExtend, 1);
-  AppendRecordKey(calls.buffer(), options_.key_prefix, scope, id);
-  calls.EndArg();
+  calls.Arg(key);
   AppendOwner(calls.buffer(), token);
   calls.EndArg();
   calls.ArgDecimal(lease.count());
   const Replies replies = Run(calls, /*read_time=*/true);
   IDEM_RETURN_IF_ERROR(ParseOwnerReply(replies, "extend"));
   // As for a claim: from the TIME read before the script ran, so never later than the server's.
-  return replies.server_ms + lease.count();
+  return replies.ServerMs(0) + lease.count();
 }
 
 absl::StatusOr<int64_t> RedisStore::PurgeExpired(int64_t limit) {
@@ -799,7 +1115,8 @@ absl::StatusOr<std::optional<uint64_t>> RedisStore::AppliedVersion(std::string_v
                                                                    std::string_view key) {
   IDEM_RETURN_IF_ERROR(ValidateScope(scope));
   IDEM_RETURN_IF_ERROR(ValidateId(key, options_.max_id_bytes, "version key"));
-  const std::string redis_key = VersionKey(options_.key_prefix, scope, key);
+  std::string redis_key;
+  AppendVersionKeyOf(&redis_key, scope, key);
   const std::string_view args[] = {"GET", redis_key};
   IDEM_ASSIGN_OR_RETURN(ReplyPtr reply, RunCommand(args, "applied version"));
   if (reply->type == REDIS_REPLY_NIL) return std::optional<uint64_t>();
@@ -818,14 +1135,14 @@ absl::StatusOr<std::optional<RecordInfo>> RedisStore::Inspect(std::string_view s
   IDEM_RETURN_IF_ERROR(ValidateId(id, options_.max_id_bytes));
   // The record, its TTL and the clock they are read against, in one read-only script: one
   // consistent view, which Redis also serves above maxmemory (MULTI would be refused there).
+  IDEM_ASSIGN_OR_RETURN(const std::string key, LocateRecord(scope, id, 0, "inspect"));
   Commands calls("inspect", 1);
   calls.BeginScript(kInspect, 1);
-  AppendRecordKey(calls.buffer(), options_.key_prefix, scope, id);
-  calls.EndArg();
+  calls.Arg(key);
   const Replies replies = Run(calls, /*read_time=*/false);
   const std::string what = What("inspect");
   const redisReply* reply = replies.replies.front().get();
-  if (reply == nullptr) return replies.failure;
+  if (reply == nullptr) return replies.Failure(0);
   if (reply->type == REDIS_REPLY_ERROR) return ErrorReplyStatus(ReplyString(reply), what);
   if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 3) return UnexpectedReply(what);
   const redisReply* value = reply->element[0];
@@ -859,6 +1176,89 @@ absl::StatusOr<std::optional<RecordInfo>> RedisStore::Inspect(std::string_view s
 }
 
 StoreStats RedisStore::Stats() const { return counters_.Snapshot(); }
+
+std::optional<RedisClusterCounters> RedisStore::ClusterCounters() const {
+  if (!cluster_) return std::nullopt;
+  const internal::redis::ClusterCounts counts = cluster_->Counts();
+  return RedisClusterCounters{.moved = counts.moved,
+                              .ask = counts.ask,
+                              .tryagain = counts.tryagain,
+                              .clusterdown = counts.clusterdown,
+                              .unreachable = counts.unreachable,
+                              .refreshes = counts.refreshes};
+}
+
+absl::StatusOr<std::string> RedisStore::LocateRecord(std::string_view scope, std::string_view id,
+                                                     int64_t pointer_ttl_ms,
+                                                     std::string_view operation) {
+  std::string by_id;
+  AppendRecordKeyOf(&by_id, scope, id, id);
+  if (!cluster_) return by_id;
+  Commands calls(operation, 1);
+  calls.BeginScript(kRoute, 2);
+  calls.Arg(by_id);
+  AppendClusterTag(calls.buffer(), options_.key_prefix, scope, id);
+  AppendPointerKey(calls.buffer(), options_.key_prefix, scope, id);
+  calls.EndArg();
+  calls.ArgDecimal(pointer_ttl_ms);
+  const Replies replies = Run(calls, /*read_time=*/false);
+  const redisReply* r = replies.replies.front().get();
+  const std::string what = What(operation);
+  if (r == nullptr) return replies.Failure(0);
+  if (r->type == REDIS_REPLY_ERROR) return ErrorReplyStatus(ReplyString(r), what);
+  // 1: the record routed by the id; 0: no record (the callers' scripts find none there).
+  if (r->type == REDIS_REPLY_INTEGER && (r->integer == 0 || r->integer == 1)) return by_id;
+  if (r->type != REDIS_REPLY_ARRAY || r->elements != 1 || !IsString(r->element[0])) {
+    return UnexpectedReply(what);
+  }
+  std::string key;
+  AppendRecordKeyOf(&key, scope, id, ReplyString(r->element[0]));
+  return key;
+}
+
+void RedisStore::WriteRoutes(std::span<const RouteWrite> writes, std::string_view operation,
+                             std::vector<absl::Status>* statuses,
+                             std::vector<std::optional<std::string>>* reroutes) {
+  Commands calls(operation, writes.size());
+  for (const RouteWrite& write : writes) {
+    calls.BeginScript(kPointer, 2);
+    AppendClusterTag(calls.buffer(), options_.key_prefix, write.scope, write.id);
+    AppendPointerKey(calls.buffer(), options_.key_prefix, write.scope, write.id);
+    calls.EndArg();
+    AppendRecordKeyOf(calls.buffer(), write.scope, write.id, write.id);
+    calls.EndArg();
+    calls.Arg(write.route);
+    calls.ArgDecimal(write.ttl_ms);
+  }
+  const Replies replies = Run(calls, /*read_time=*/false);
+  const std::string what = What(operation);
+  for (std::size_t k = 0; k < writes.size(); ++k) {
+    absl::Status& status = (*statuses)[writes[k].index];
+    const redisReply* r = replies.replies[k].get();
+    if (r == nullptr) {
+      status = replies.Failure(k);
+    } else if (r->type == REDIS_REPLY_ERROR) {
+      status = ErrorReplyStatus(ReplyString(r), what);
+    } else if (reroutes != nullptr && r->type == REDIS_REPLY_ARRAY && r->elements == 1 &&
+               IsString(r->element[0])) {
+      (*reroutes)[writes[k].index] = std::string(ReplyString(r->element[0]));
+    } else if (reroutes != nullptr && r->type == REDIS_REPLY_INTEGER && r->integer == 2) {
+      (*reroutes)[writes[k].index] = std::string(writes[k].id);
+    } else if (r->type == REDIS_REPLY_ARRAY) {
+      status = absl::FailedPreconditionError(Cat(
+          "redis ", what,
+          ": this message id was delivered before with another version key; in cluster mode every "
+          "delivery of a message must carry the same version key (its route to a hash slot)"));
+    } else if (r->type != REDIS_REPLY_INTEGER || r->integer < 1 || r->integer > 2) {
+      status = UnexpectedReply(what);
+    } else if (r->integer == 2) {
+      status = absl::FailedPreconditionError(Cat(
+          "redis ", what,
+          ": this message id was delivered before without a version key; in cluster mode every "
+          "delivery of a message must carry the same version key, or none"));
+    }
+  }
+}
 
 // --- Operator calls and waiting.
 
@@ -910,17 +1310,50 @@ std::string MakeRedisCursor(std::string_view scan, std::optional<std::string_vie
 
 absl::StatusOr<ListPage> RedisStore::List(const ListRequest& request) {
   IDEM_RETURN_IF_ERROR(ValidateListRequest(request));
-  IDEM_ASSIGN_OR_RETURN(RedisCursor cursor, ParseRedisCursor(request.cursor));
+  // Cluster mode: each master's keys in turn, by its own SCAN, masters in the order of their
+  // endpoints; the cursor starts with the master's index ("<index>/").
+  std::size_t node = 0;
+  std::string_view cursor_text = request.cursor;
+  std::vector<internal::redis::NodeAddress> masters;
+  if (cluster_) {
+    masters = cluster_->Masters();
+    if (masters.empty()) return absl::UnavailableError(Cat("redis ", What("list"), ": no masters"));
+    if (!cursor_text.empty()) {
+      const std::size_t slash = cursor_text.find('/');
+      if (slash == std::string_view::npos ||
+          !absl::SimpleAtoi(internal::ToAbsl(cursor_text.substr(0, slash)), &node) ||
+          node >= masters.size()) {
+        return absl::InvalidArgumentError("list: the cursor was not made by this backend's List");
+      }
+      cursor_text = cursor_text.substr(slash + 1);
+    }
+  }
+  IDEM_ASSIGN_OR_RETURN(RedisCursor cursor, ParseRedisCursor(cursor_text));
   const std::string base = RecordKey(options_.key_prefix, request.scope, "");
-  const std::string pattern = GlobEscape(base) + "*";
+  // Cluster keys start with their hash tag: "{" 16 hex digits "}".
+  const std::size_t tag = cluster_ ? internal::redis::kClusterTagSize : 0;
+  const std::string pattern = (cluster_ ? "{????????????????}" : "") + GlobEscape(base) + "*";
   const std::string what = What("list");
-  IDEM_ASSIGN_OR_RETURN(Pool::Handle connection, pool_.Acquire());
   ListPage page;
   std::string scan = cursor.scan;
   std::optional<std::string> after = cursor.after;
+  std::optional<Pool::Handle> connection;
+  auto acquire = [&]() -> absl::Status {
+    connection.reset();  // the previous master's connection goes back first
+    absl::StatusOr<Pool::Handle> acquired =
+        cluster_ ? cluster_->AcquireAt(masters[node]) : pool_.Acquire();
+    if (!acquired.ok()) return acquired.status();
+    connection.emplace(*std::move(acquired));
+    return absl::OkStatus();
+  };
+  IDEM_RETURN_IF_ERROR(acquire());
+  auto make_cursor = [&](std::string_view scan_cursor, std::optional<std::string_view> last) {
+    return cluster_ ? Cat(node, "/", MakeRedisCursor(scan_cursor, last))
+                    : MakeRedisCursor(scan_cursor, last);
+  };
   while (true) {
     const std::string_view scan_args[] = {"SCAN", scan, "MATCH", pattern, "COUNT", "1000"};
-    IDEM_ASSIGN_OR_RETURN(ReplyPtr reply, connection->Command(scan_args, "list"));
+    IDEM_ASSIGN_OR_RETURN(ReplyPtr reply, (*connection)->Command(scan_args, "list"));
     if (reply->type == REDIS_REPLY_ERROR) return ErrorReplyStatus(ReplyString(reply.get()), what);
     if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 || !IsString(reply->element[0]) ||
         reply->element[1]->type != REDIS_REPLY_ARRAY) {
@@ -932,8 +1365,8 @@ absl::StatusOr<ListPage> RedisStore::List(const ListRequest& request) {
       const redisReply* key = reply->element[1]->element[i];
       if (!IsString(key)) return UnexpectedReply(what);
       const std::string_view name = ReplyString(key);
-      if (name.size() <= base.size() || name.substr(0, base.size()) != base) continue;
-      std::string id(name.substr(base.size()));
+      if (name.size() <= tag + base.size() || name.substr(tag, base.size()) != base) continue;
+      std::string id(name.substr(tag + base.size()));
       if (after.has_value() && id <= *after) continue;
       ids.push_back(std::move(id));
     }
@@ -943,18 +1376,36 @@ absl::StatusOr<ListPage> RedisStore::List(const ListRequest& request) {
     // The batch's records, their TTLs and the server's clock, in one round trip.
     std::vector<ListedRecord> matches;
     if (!ids.empty()) {
+      // The keys as SCAN named them (in cluster mode, with their tags).
       std::vector<std::string> keys;
       keys.reserve(ids.size());
-      for (const std::string& id : ids) keys.push_back(base + id);
+      for (std::size_t i = 0; i < reply->element[1]->elements; ++i) {
+        const std::string_view name = ReplyString(reply->element[1]->element[i]);
+        if (name.size() <= tag + base.size() || name.substr(tag, base.size()) != base) continue;
+        keys.emplace_back(name);
+      }
+      std::sort(keys.begin(), keys.end(), [&](const std::string& a, const std::string& b) {
+        return std::string_view(a).substr(tag + base.size()) <
+               std::string_view(b).substr(tag + base.size());
+      });
+      keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
+      keys.erase(std::remove_if(keys.begin(), keys.end(),
+                                [&](const std::string& k) {
+                                  return after.has_value() &&
+                                         std::string_view(k).substr(tag + base.size()) <= *after;
+                                }),
+                 keys.end());
+      ids.clear();
+      for (const std::string& key : keys) ids.emplace_back(key.substr(tag + base.size()));
       const std::string_view time_args[] = {"TIME"};
-      IDEM_RETURN_IF_ERROR(connection->Append(time_args, "list"));
+      IDEM_RETURN_IF_ERROR((*connection)->Append(time_args, "list"));
       for (const std::string& key : keys) {
         const std::string_view get[] = {"GET", key};
         const std::string_view pttl[] = {"PTTL", key};
-        IDEM_RETURN_IF_ERROR(connection->Append(get, "list"));
-        IDEM_RETURN_IF_ERROR(connection->Append(pttl, "list"));
+        IDEM_RETURN_IF_ERROR((*connection)->Append(get, "list"));
+        IDEM_RETURN_IF_ERROR((*connection)->Append(pttl, "list"));
       }
-      IDEM_ASSIGN_OR_RETURN(ReplyPtr time, connection->GetReply("list"));
+      IDEM_ASSIGN_OR_RETURN(ReplyPtr time, (*connection)->GetReply("list"));
       int64_t seconds = 0;
       int64_t micros = 0;
       const bool time_ok =
@@ -965,8 +1416,8 @@ absl::StatusOr<ListPage> RedisStore::List(const ListRequest& request) {
       std::vector<std::pair<ReplyPtr, ReplyPtr>> rows;
       rows.reserve(keys.size());
       for (std::size_t i = 0; i < keys.size(); ++i) {
-        IDEM_ASSIGN_OR_RETURN(ReplyPtr value, connection->GetReply("list"));
-        IDEM_ASSIGN_OR_RETURN(ReplyPtr ttl, connection->GetReply("list"));
+        IDEM_ASSIGN_OR_RETURN(ReplyPtr value, (*connection)->GetReply("list"));
+        IDEM_ASSIGN_OR_RETURN(ReplyPtr ttl, (*connection)->GetReply("list"));
         rows.emplace_back(std::move(value), std::move(ttl));
       }
       if (!time_ok) return UnexpectedReply(what);
@@ -975,6 +1426,11 @@ absl::StatusOr<ListPage> RedisStore::List(const ListRequest& request) {
         const redisReply* value = rows[i].first.get();
         const redisReply* ttl = rows[i].second.get();
         if (value->type == REDIS_REPLY_NIL) continue;  // expired since the SCAN
+        if (value->type == REDIS_REPLY_ERROR && cluster_ &&
+            (ReplyString(value).substr(0, 6) == "MOVED " ||
+             ReplyString(value).substr(0, 4) == "ASK ")) {
+          continue;  // its slot migrated since the SCAN
+        }
         if (value->type == REDIS_REPLY_ERROR) {
           return ErrorReplyStatus(ReplyString(value), what);
         }
@@ -1003,15 +1459,26 @@ absl::StatusOr<ListPage> RedisStore::List(const ListRequest& request) {
       matches.resize(room);
       for (ListedRecord& r : matches) page.records.push_back(std::move(r));
       // Resume within this batch, after the last id returned.
-      page.next_cursor = MakeRedisCursor(scan, page.records.back().id);
+      page.next_cursor = make_cursor(scan, page.records.back().id);
       return page;
     }
     for (ListedRecord& r : matches) page.records.push_back(std::move(r));
     after.reset();
-    if (next == "0") return page;  // SCAN is done: so is the listing
+    if (next == "0") {
+      // SCAN is done: so is the listing, or in cluster mode this master's part of it.
+      if (!cluster_ || node + 1 == masters.size()) return page;
+      ++node;
+      scan = "0";
+      if (page.records.size() == request.limit) {
+        page.next_cursor = make_cursor(scan, std::nullopt);
+        return page;
+      }
+      IDEM_RETURN_IF_ERROR(acquire());
+      continue;
+    }
     scan = next;
     if (page.records.size() == request.limit) {
-      page.next_cursor = MakeRedisCursor(scan, std::nullopt);
+      page.next_cursor = make_cursor(scan, std::nullopt);
       return page;
     }
   }
@@ -1020,13 +1487,13 @@ absl::StatusOr<ListPage> RedisStore::List(const ListRequest& request) {
 absl::Status RedisStore::ResetAttempts(std::string_view scope, std::string_view id,
                                        uint64_t token) {
   IDEM_RETURN_IF_ERROR(internal::ValidateOwnerArgs(scope, id, token, options_.max_id_bytes));
-  const std::string key = RecordKey(options_.key_prefix, scope, id);
+  IDEM_ASSIGN_OR_RETURN(const std::string key, LocateRecord(scope, id, 0, "reset"));
   std::string owner;
   AppendOwner(&owner, token);
   const std::string retention = absl::StrCat(options_.retention.count());
   const std::string_view args[] = {"EVAL", internal::redis::kResetAttemptsScript, "1", key,
                                    std::string_view(owner).substr(1), retention};
-  IDEM_ASSIGN_OR_RETURN(ReplyPtr reply, RunCommand(args, "reset"));
+  IDEM_ASSIGN_OR_RETURN(ReplyPtr reply, RunCommand(args, "reset", /*key_index=*/3));
   if (reply->type != REDIS_REPLY_INTEGER) return UnexpectedReply(What("reset"));
   switch (reply->integer) {
     case 1:
@@ -1064,14 +1531,16 @@ absl::StatusOr<bool> RedisStore::WaitForCompletion(
     std::string_view scope, std::string_view id, std::chrono::steady_clock::time_point deadline) {
   IDEM_RETURN_IF_ERROR(ValidateScope(scope));
   IDEM_RETURN_IF_ERROR(ValidateId(id, options_.max_id_bytes));
-  const std::string key = RecordKey(options_.key_prefix, scope, id);
+  IDEM_ASSIGN_OR_RETURN(const std::string key, LocateRecord(scope, id, 0, "wait"));
   using std::chrono::milliseconds;
   while (true) {
     // Subscribed first, then the record read: a completion after the read is a message, one
     // before it is seen by the read. A subscriber connection serves nothing else, so it is not
     // the pool's.
-    IDEM_ASSIGN_OR_RETURN(std::unique_ptr<Connection> subscriber,
-                          Connection::Open(pool_.params()));
+    // (In a cluster a PUBLISH reaches every node: the master of the key's slot will do.)
+    IDEM_ASSIGN_OR_RETURN(
+        std::unique_ptr<Connection> subscriber,
+        Connection::Open(cluster_ ? cluster_->ParamsForSlot(KeySlot(key)) : pool_.params()));
     const std::string_view subscribe[] = {"SUBSCRIBE", key};
     IDEM_ASSIGN_OR_RETURN(ReplyPtr confirmed, subscriber->Command(subscribe, "wait"));
     if (confirmed->type == REDIS_REPLY_ERROR) {
@@ -1102,6 +1571,12 @@ absl::StatusOr<bool> RedisStore::WaitForCompletion(
 
 absl::StatusOr<std::unique_ptr<DedupStore>> NewRedisStore(RedisStoreOptions options) {
   return RedisStore::Open(std::move(options));
+}
+
+std::optional<RedisClusterCounters> RedisClusterStats(const DedupStore& store) {
+  const auto* redis = dynamic_cast<const RedisStore*>(&store);
+  if (redis == nullptr) return std::nullopt;
+  return redis->ClusterCounters();
 }
 
 namespace internal::redis {

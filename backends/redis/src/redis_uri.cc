@@ -5,6 +5,7 @@
 #include <string>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
@@ -12,6 +13,7 @@
 #include "idem/redis_store.h"
 #include "internal/status_macros.h"
 #include "internal/uri.h"
+#include "redis_cluster.h"
 
 namespace idem {
 namespace {
@@ -20,7 +22,7 @@ constexpr std::string_view kScheme = "redis";
 
 absl::Status UriError(std::string_view what) { return internal::UriError(kScheme, what); }
 
-absl::Status ParseQuery(const internal::Uri& uri, RedisStoreOptions& options) {
+absl::Status ParseQuery(const internal::Uri& uri, RedisStoreOptions& options, bool cluster) {
   constexpr int64_t kMaxMillis = int64_t{1} << 40;
   for (const internal::UriOption& option : uri.query) {
     const std::string& name = option.name;
@@ -31,8 +33,12 @@ absl::Status ParseQuery(const internal::Uri& uri, RedisStoreOptions& options) {
     if (name == "prefix") {
       if (value.empty()) return UriError("prefix must not be empty");
       options.key_prefix = value;
-    } else if (name == "db") {
+    } else if (name == "db" && !cluster) {
       IDEM_ASSIGN_OR_RETURN(options.db, integer(0, INT32_MAX));
+    } else if (name == "max_redirects" && cluster) {
+      IDEM_ASSIGN_OR_RETURN(options.cluster_max_redirects, integer(0, 100));
+    } else if (name == "max_retries" && cluster) {
+      IDEM_ASSIGN_OR_RETURN(options.cluster_max_retries, integer(0, 100));
     } else if (name == "timeout_ms") {
       IDEM_ASSIGN_OR_RETURN(const int64_t ms, integer(1, kMaxMillis));
       options.connect_timeout = options.io_timeout = std::chrono::milliseconds(ms);
@@ -55,6 +61,12 @@ absl::Status ParseQuery(const internal::Uri& uri, RedisStoreOptions& options) {
       options.user = value;
     } else if (name == "password") {
       options.password = value;
+    } else if (cluster) {
+      return internal::UnknownUriOption(
+          "redis+cluster", name,
+          {"prefix", "timeout_ms", "connect_timeout_ms", "io_timeout_ms", "pool_size",
+           "retention_ms", "max_id_bytes", "client_name", "user", "password", "max_redirects",
+           "max_retries"});
     } else {
       return internal::UnknownUriOption(
           kScheme, name,
@@ -85,14 +97,27 @@ absl::StatusOr<RedisStoreOptions> ParseRedisUri(std::string_view text) {
         "rediss:// (Redis over TLS) is not supported: this build's hiredis has no TLS; use "
         "redis:// on a trusted network, or unix://");
   }
-  if (uri.scheme != "redis" && uri.scheme != "unix") {
-    return UriError("the scheme must be redis:// or unix://");
+  if (uri.scheme != "redis" && uri.scheme != "unix" && uri.scheme != "redis+cluster") {
+    return UriError("the scheme must be redis://, unix:// or redis+cluster://");
   }
   if (!uri.has_authority) {
     return UriError("expected redis://host[:port][/db] or unix:///path/to.sock");
   }
   RedisStoreOptions options;
   TakeUserInfo(uri, options);
+  if (uri.scheme == "redis+cluster") {
+    IDEM_ASSIGN_OR_RETURN(const std::vector<internal::redis::NodeAddress> seeds,
+                          internal::redis::ParseSeedList(uri.host, uri.port));
+    for (const internal::redis::NodeAddress& seed : seeds) {
+      options.cluster_seeds.push_back(RedisNodeAddress{.host = seed.host, .port = seed.port});
+    }
+    if (uri.path.size() > 1) {
+      return internal::UriError("redis+cluster",
+                                "a cluster has one database: no /db (redis+cluster://h:p,h:p/)");
+    }
+    IDEM_RETURN_IF_ERROR(ParseQuery(uri, options, /*cluster=*/true));
+    return options;
+  }
   if (uri.scheme == "redis") {
     if (uri.host.empty()) return UriError("the host is missing");
     if (uri.host.size() > 255) return UriError("the host is longer than a DNS name (255 bytes)");
@@ -116,7 +141,7 @@ absl::StatusOr<RedisStoreOptions> ParseRedisUri(std::string_view text) {
     if (uri.path.size() > 107) return UriError("the socket path is longer than 107 bytes");
     options.unix_socket = uri.path;
   }
-  IDEM_RETURN_IF_ERROR(ParseQuery(uri, options));
+  IDEM_RETURN_IF_ERROR(ParseQuery(uri, options, /*cluster=*/false));
   return options;
 }
 

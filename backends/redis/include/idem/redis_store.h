@@ -45,6 +45,16 @@
 // not a record), Internal (protocol error or unexpected reply).
 // Passwords never appear in errors, warnings or logs.
 //
+// Redis Cluster (cluster_seeds, or a redis+cluster:// URI): every command goes to the master of its
+// key's hash slot, read from CLUSTER SLOTS and followed through MOVED and ASK; TRYAGAIN,
+// CLUSTERDOWN and an unreachable master are retried a bounded number of times, then Unavailable.
+// Every key of a message carries the hash tag of its route key (its version key, else its id), so
+// a record and its version-gate entry share a slot; a versioned message also has a route pointer
+// in its id's slot for the calls that get only (scope, id). Every delivery of a message must carry
+// the same version key, or none (README, "Redis Cluster"). Batches are split per master and
+// pipelined to all of them at once. A failover can lose what the dead master acknowledged but had
+// not yet replicated.
+//
 // Thread-safety: a store is safe for concurrent use. It keeps a pool of up to `pool_size`
 // connections; a call holds one connection for its round trip and waits when all are busy.
 // While it writes, it blocks SIGPIPE in the calling thread (as libpq does), so a connection the
@@ -58,7 +68,9 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <optional>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "idem/open_options.h"
@@ -66,6 +78,12 @@
 #include "idem/types.h"
 
 namespace idem {
+
+// A Redis Cluster node: a seed to read the slot map from.
+struct RedisNodeAddress {
+  std::string host;
+  int port = 6379;
+};
 
 struct RedisStoreOptions {
   // TCP server. Ignored when `unix_socket` is set.
@@ -99,6 +117,18 @@ struct RedisStoreOptions {
   std::chrono::milliseconds reconnect_backoff_min{20};
   std::chrono::milliseconds reconnect_backoff_max{2'000};
 
+  // Redis Cluster mode when non-empty: the slot map is read from these seed nodes (any node of
+  // the cluster will do; more than one survives one being down), every key is routed by its hash
+  // slot to its master, and `host`, `port` and `unix_socket` are ignored; `db` must be 0 (a
+  // cluster has one database). At most 64 seeds. Keys carry a hash tag (README, "Redis Cluster"):
+  // every delivery of a message must carry the same version key, or none.
+  std::vector<RedisNodeAddress> cluster_seeds;
+  // Cluster mode: most MOVED / ASK redirections followed for one command, and most retries after
+  // TRYAGAIN, CLUSTERDOWN or a master that cannot be reached (pausing from reconnect_backoff_min,
+  // doubling up to reconnect_backoff_max), before the call fails with Unavailable. 0..100.
+  int cluster_max_redirects = 5;
+  int cluster_max_retries = 5;
+
   // Receives one line per unsafe server setting found at open (`appendonly no`, `appendfsync
   // no`, a `maxmemory-policy` other than `noeviction`), or a note that the settings could not be
   // read (CONFIG disabled or not permitted). Opening still succeeds. Empty: lines go to stderr.
@@ -114,9 +144,25 @@ struct RedisStoreOptions {
 // PermissionDenied, FailedPrecondition.
 [[nodiscard]] absl::StatusOr<std::unique_ptr<DedupStore>> NewRedisStore(RedisStoreOptions options);
 
+// Routing counters of a store in cluster mode, since it was opened.
+struct RedisClusterCounters {
+  uint64_t moved = 0;        // MOVED redirections followed
+  uint64_t ask = 0;          // ASK redirections followed
+  uint64_t tryagain = 0;     // TRYAGAIN replies (retried)
+  uint64_t clusterdown = 0;  // CLUSTERDOWN replies (retried)
+  uint64_t unreachable = 0;  // a master could not be reached before sending (retried)
+  uint64_t refreshes = 0;    // reads of the slot map (CLUSTER SLOTS)
+};
+// The counters of `store` when it is a Redis store in cluster mode; nullopt otherwise.
+std::optional<RedisClusterCounters> RedisClusterStats(const DedupStore& store);
+
 // Parses a Redis URI into options, without connecting:
 //   redis://[[user]:password@]host[:port][/db][?option=value&...]
 //   unix://[[user]:password@]/path/to/redis.sock[?option=value&...]
+//   redis+cluster://[[user]:password@]host[:port][,host[:port]...][/][?option=value&...]
+// The last is Redis Cluster mode (RedisStoreOptions::cluster_seeds): a list of seed nodes (at
+// most 64; an IPv6 seed in brackets only alone), no db; it also takes the options max_redirects
+// and max_retries.
 // host may be a name, an IPv4 address or a bracketed IPv6 address; port defaults to 6379, db to 0.
 // User, password and option values are percent-decoded. Options: prefix, db, timeout_ms (connect
 // and I/O), connect_timeout_ms, io_timeout_ms, pool_size, retention_ms, max_id_bytes,
