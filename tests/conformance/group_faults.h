@@ -23,8 +23,8 @@ struct Outage {
   std::function<absl::StatusOr<std::unique_ptr<DedupStore>>()> reopen;
 };
 
-// Runs the workload on `store` (grouping on), kills the server a third of the way through and
-// restarts it; checks the invariants above with gtest expectations.
+// Runs the workload on `store` (grouping on), kills the server after 500 messages, restarts it,
+// and stops 500 messages after the restart; checks the invariants above with gtest expectations.
 void SixteenThreadsThroughAnOutage(DedupStore& store, const Outage& outage);
 
 }  // namespace idem::testing
