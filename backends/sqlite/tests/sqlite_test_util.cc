@@ -123,7 +123,9 @@ int StatementTrace::Callback(unsigned type, void* self, void*, void* sql) {
   if (type == SQLITE_TRACE_STMT && sql != nullptr) {
     const char* text = static_cast<const char*>(sql);
     // Trigger sub-programs are reported as comments; idem defines no triggers.
-    static_cast<StatementTrace*>(self)->statements_.push_back(Collapse(text));
+    auto* trace = static_cast<StatementTrace*>(self);
+    std::lock_guard<std::mutex> lock(trace->mu_);
+    trace->statements_.push_back(Collapse(text));
   }
   return 0;
 }
