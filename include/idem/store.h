@@ -146,6 +146,11 @@ struct StoreStats {
   uint64_t capacity_rejections = 0;  // in-memory store: ResourceExhausted
   uint64_t evictions = 0;            // in-memory store: oldest record evicted
   uint64_t purged = 0;
+  // Group commit (docs/design.md, "Group commit"): writes that carried more than one concurrent
+  // call (a transaction or a pipelined round trip), and how many calls they carried. A call
+  // written alone is in neither. Stores without grouping (memory) leave both at 0.
+  uint64_t write_groups = 0;
+  uint64_t grouped_calls = 0;
 };
 
 // Which records List returns. The filters overlap: a stuck claim is also in progress, and a

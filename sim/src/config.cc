@@ -91,12 +91,13 @@ std::string DescribeConfig(const SimConfig& c) {
       "%s--mode=%s --seed=%d --messages=%d --keys=%d --consumers=%d --processes=%d "
       "--dup-rate=%g --conflict-rate=%g --unversioned-rate=%g --reorder-window=%d --crash-rate=%g "
       "--pause-rate=%g "
-      "--store-error-rate=%g --outage-rate=%g --lost-reply-rate=%g --lease-ms=%d --batch=%d%s%s",
+      "--store-error-rate=%g --outage-rate=%g --lost-reply-rate=%g --lease-ms=%d --batch=%d%s%s%s",
       c.store_uri.empty() ? "" : absl::StrCat("--store=", RedactUri(c.store_uri), " "),
       ModeName(c.mode), c.seed, c.messages, c.keys, c.consumers, c.processes, c.dup_rate,
       c.conflict_rate, c.unversioned_rate, c.reorder_window, c.crash_rate, c.pause_rate,
       c.store_error_rate, c.outage_rate, c.lost_reply_rate, c.lease_ms, c.batch,
-      c.wait_ms == 0 ? "" : absl::StrCat(" --wait-ms=", c.wait_ms), c.sabotage == Sabotage::kNone
+      c.wait_ms == 0 ? "" : absl::StrCat(" --wait-ms=", c.wait_ms),
+      c.concurrent ? " --concurrent" : "", c.sabotage == Sabotage::kNone
           ? ""
           : absl::StrCat(" --sabotage=", std::string(SabotageName(c.sabotage))));
 }
@@ -112,6 +113,9 @@ absl::Status ValidateConfig(const SimConfig& c) {
   if (c.lease_ms < 1) return bad("--lease-ms must be at least 1");
   if (c.batch < 1 || c.batch > 1000) return bad("--batch must be in 1..1000");
   if (c.wait_ms < 0) return bad("--wait-ms must not be negative");
+  if (c.concurrent && (c.processes > 0 || c.mode != Mode::kLease)) {
+    return bad("--concurrent needs in-process consumers in lease mode");
+  }
   if (c.wait_ms > 0 && (c.processes == 0 || c.mode != Mode::kLease)) {
     return bad("--wait-ms needs --processes and lease mode (in-process consumers take turns)");
   }

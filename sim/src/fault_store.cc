@@ -83,10 +83,12 @@ class FaultInjectingStore final : public ForwardingStore {
       where.push_back(i);
     }
     if (forwarded.empty()) return out;
-    std::vector<absl::StatusOr<ClaimResult>> got =
-        forwarded.size() == 1
-            ? std::vector<absl::StatusOr<ClaimResult>>{inner().Claim(forwarded[0])}
-            : inner().ClaimBatch(forwarded);
+    std::vector<absl::StatusOr<ClaimResult>> got;
+    Store([&] {
+      got = forwarded.size() == 1
+                ? std::vector<absl::StatusOr<ClaimResult>>{inner().Claim(forwarded[0])}
+                : inner().ClaimBatch(forwarded);
+    });
     const int64_t now = hooks_.time->Now();
     for (std::size_t k = 0; k < where.size(); ++k) {
       const std::size_t i = where[k];
@@ -131,10 +133,12 @@ class FaultInjectingStore final : public ForwardingStore {
       where.push_back(i);
     }
     if (forwarded.empty()) return out;
-    std::vector<absl::StatusOr<CompleteStatus>> got =
-        forwarded.size() == 1
-            ? std::vector<absl::StatusOr<CompleteStatus>>{inner().Complete(forwarded[0])}
-            : inner().CompleteBatch(forwarded);
+    std::vector<absl::StatusOr<CompleteStatus>> got;
+    Store([&] {
+      got = forwarded.size() == 1
+                ? std::vector<absl::StatusOr<CompleteStatus>>{inner().Complete(forwarded[0])}
+                : inner().CompleteBatch(forwarded);
+    });
     const int64_t now = hooks_.time->Now();
     for (std::size_t k = 0; k < where.size(); ++k) {
       const std::size_t i = where[k];
@@ -161,7 +165,8 @@ class FaultInjectingStore final : public ForwardingStore {
     CallContext* ctx = CurrentCallContext();
     if (ctx != nullptr && ctx->crashed) return CrashedError();
     if (OutageActive()) return OutageError();
-    absl::Status s = inner().Release(scope, id, token);
+    absl::Status s;
+    Store([&] { s = inner().Release(scope, id, token); });
     CallContext::InHand* h = ctx == nullptr ? nullptr : ctx->Find(id);
     if (h != nullptr) hooks_.sink->ReleaseApplied(h->message, token, s);
     Trace(h, absl::StrCat("release token=", token, " -> ", s.ToString()));
@@ -173,12 +178,22 @@ class FaultInjectingStore final : public ForwardingStore {
     CallContext* ctx = CurrentCallContext();
     if (ctx != nullptr && ctx->crashed) return CrashedError();
     if (OutageActive()) return OutageError();
-    return inner().Extend(scope, id, token, lease);
+    absl::StatusOr<int64_t> extended;
+    Store([&] { extended = inner().Extend(scope, id, token, lease); });
+    return extended;
   }
 
  private:
   void Point() {
     if (hooks_.scheduling_point) hooks_.scheduling_point();
+  }
+
+  void Store(const std::function<void()>& call) {
+    if (hooks_.around_store) {
+      hooks_.around_store(call);
+    } else {
+      call();
+    }
   }
 
   bool OutageActive() { return hooks_.time->Now() < outage_until_; }

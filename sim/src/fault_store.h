@@ -7,7 +7,8 @@
 //  - the sabotaged store breaks one invariant on purpose, to prove the oracle notices.
 //
 // Thread-safety: both are as thread-safe as the store they wrap, but the fault injector's
-// bookkeeping assumes the simulator's scheduler runs one consumer at a time.
+// bookkeeping assumes the simulator's scheduler runs one consumer at a time (in the concurrent
+// profile, one at a time outside the store calls it makes through around_store).
 #ifndef IDEM_SIM_SRC_FAULT_STORE_H_
 #define IDEM_SIM_SRC_FAULT_STORE_H_
 
@@ -55,6 +56,10 @@ struct FaultHooks {
   SimTime* time = nullptr;
   // A point where the scheduler may switch to another consumer.
   std::function<void()> scheduling_point;
+  // Runs a call of the wrapped store's Claim, Complete, their batches, Release or Extend; in the
+  // concurrent profile without holding the simulator, so that the calls of several consumers
+  // overlap. Empty: the call just runs.
+  std::function<void(const std::function<void()>&)> around_store;
   // Trace sink; null when not tracing.
   std::function<void(std::string)> trace;
   int64_t outage_ms = 0;

@@ -38,6 +38,11 @@ std::string FormatReport(const Report& r, const SimConfig& config,
     row("run again after eviction", r.evicted_reruns, "the store evicted their COMPLETED record");
   }
   row("store errors", r.store_errors, "nacked and redelivered (handler not run on a failed claim)");
+  if (config.processes == 0) {
+    out += "  store\n";
+    row("write groups", r.write_groups, "writes that carried several concurrent calls");
+    row("grouped calls", r.grouped_calls, "calls carried by them");
+  }
   out += "  faults injected\n";
   for (int f = 1; f < static_cast<int>(Fault::kCount); ++f) {
     if (r.faults[f] == 0) continue;

@@ -1,6 +1,7 @@
 #include "scheduler.h"
 
 #include <algorithm>
+#include <chrono>
 #include <exception>
 #include <thread>
 #include <utility>
@@ -8,17 +9,105 @@
 namespace idem::sim::internal {
 
 Scheduler::Scheduler(int consumers, uint64_t seed, SimTime* time,
-                     std::function<bool(int64_t)> has_due, std::function<int64_t()> next_due)
+                     std::function<bool(int64_t)> has_due, std::function<int64_t()> next_due,
+                     bool concurrent)
     : state_(consumers, State::kRunnable),
       until_(consumers, 0),
       rng_(seed),
       time_(time),
       has_due_(std::move(has_due)),
-      next_due_(std::move(next_due)) {
+      next_due_(std::move(next_due)),
+      concurrent_(concurrent) {
   for (int i = 0; i < consumers; ++i) baton_.push_back(std::make_unique<std::binary_semaphore>(0));
 }
 
+namespace {
+// Concurrent mode: the lock of the consumer running on this thread.
+thread_local std::unique_lock<std::mutex>* tl_lock = nullptr;
+}  // namespace
+
+void Scheduler::Unlocked(const std::function<void()>& call) {
+  if (!concurrent_ || tl_lock == nullptr) {
+    call();
+    return;
+  }
+  tl_lock->unlock();
+  try {
+    call();
+  } catch (...) {
+    tl_lock->lock();
+    throw;
+  }
+  tl_lock->lock();
+}
+
+void Scheduler::RunConcurrent(const std::function<void(int)>& body) {
+  std::vector<std::thread> threads;
+  threads.reserve(state_.size());
+  for (int i = 0; i < static_cast<int>(state_.size()); ++i) {
+    threads.emplace_back([this, &body, i] {
+      std::unique_lock lock(mu_);
+      tl_lock = &lock;
+      try {
+        body(i);
+      } catch (const std::exception& e) {
+        errors_.push_back(e.what());
+      } catch (...) {
+        errors_.push_back("a consumer threw a non-standard exception");
+      }
+      state_[i] = State::kDone;
+      tl_lock = nullptr;
+      wake_.notify_all();
+    });
+  }
+  for (std::thread& t : threads) t.join();
+}
+
+// REQUIRES: the caller holds mu_ (through tl_lock).
+void Scheduler::YieldConcurrent(int self, State state, int64_t until) {
+  std::unique_lock<std::mutex>& lock = *tl_lock;
+  if (finished_) return;
+  if (state == State::kRunnable) {
+    lock.unlock();
+    std::this_thread::yield();
+    lock.lock();
+    return;
+  }
+  if (state == State::kSleeping) {
+    const int64_t now = time_->Now();
+    if (until > now) {
+      lock.unlock();
+      std::this_thread::sleep_for(std::chrono::milliseconds(until - now));
+      lock.lock();
+    }
+    return;
+  }
+  // Idle: wait for a delivery. The run is over when every consumer is idle (or done) and nothing
+  // is due now or later.
+  state_[self] = State::kIdle;
+  while (!finished_) {
+    const int64_t now = time_->Now();
+    if (has_due_(now)) break;
+    const int64_t next = next_due_();
+    bool all_idle = true;
+    for (State s : state_) all_idle = all_idle && (s == State::kIdle || s == State::kDone);
+    if (next < 0 && all_idle) {
+      finished_ = true;
+      wake_.notify_all();
+      break;
+    }
+    // A delivery falls due by time (a redelivery), or a busy consumer acks, nacks or finishes.
+    const int64_t wait = next < 0 ? 5 : std::clamp<int64_t>(next - now, 1, 5);
+    wake_.wait_for(lock, std::chrono::milliseconds(wait));
+  }
+  state_[self] = State::kRunnable;
+}
+
 void Scheduler::Run(const std::function<void(int)>& body) {
+  if (concurrent_) {
+    RunConcurrent(body);
+    return;
+  }
   std::vector<std::thread> threads;
   threads.reserve(baton_.size());
   for (int i = 0; i < static_cast<int>(baton_.size()); ++i) {
@@ -54,6 +143,10 @@ void Scheduler::Run(const std::function<void(int)>& body) {
 }
 
 void Scheduler::Yield(int self, State state, int64_t until) {
+  if (concurrent_) {
+    YieldConcurrent(self, state, until);
+    return;
+  }
   state_[self] = state;
   until_[self] = until;
   const int next = PickNext();

@@ -179,13 +179,14 @@ absl::Status InProcessRun::Open() {
   simulated_time_ = std::make_unique<SimulatedTime>();
   auto next_token = std::make_shared<std::atomic<uint64_t>>(0);
   OpenOptions open_options;
-  open_options.clock = simulated_time_->clock();
+  // The concurrent profile runs on real time: its consumers' store calls overlap for real.
+  if (!config_.concurrent) open_options.clock = simulated_time_->clock();
   open_options.token_source = [next_token] { return next_token->fetch_add(1) + 1; };
   absl::StatusOr<std::unique_ptr<DedupStore>> store = OpenStore(uri, open_options);
   if (!store.ok()) return store.status();
   base_store_ = std::move(*store);
   const std::string_view backend = base_store_->BackendName();
-  if (backend == "memory" || backend == "sqlite") {
+  if ((backend == "memory" || backend == "sqlite") && !config_.concurrent) {
     time_ = simulated_time_.get();
   } else {
     real_time_ = std::make_unique<RealTime>();
@@ -224,6 +225,9 @@ absl::Status InProcessRun::Open() {
   hooks.sink = oracle_.get();
   hooks.time = time_;
   hooks.outage_ms = OutageMillis(config_);
+  if (config_.concurrent) {
+    hooks.around_store = [this](const std::function<void()>& call) { scheduler_->Unlocked(call); };
+  }
   hooks.scheduling_point = [this] {
     CallContext* ctx = CurrentCallContext();
     if (ctx != nullptr && !scheduler_->finished()) {
@@ -286,7 +290,8 @@ absl::Status InProcessRun::Open() {
   broker_ = std::make_unique<Broker>(workload_, start_ms_, budget);
   scheduler_ = std::make_unique<Scheduler>(
       config_.consumers, Hash64(config_.seed, 0x7363686564756c65ULL), time_,
-      [this](int64_t now) { return broker_->HasDue(now); }, [this] { return broker_->NextDue(); });
+      [this](int64_t now) { return broker_->HasDue(now); }, [this] { return broker_->NextDue(); },
+      config_.concurrent);
   return absl::OkStatus();
 }
 
@@ -592,6 +597,9 @@ absl::StatusOr<RunResult> InProcessRun::Run() {
     ++out.report.lost;
   }
   out.report.budget_exhausted = broker_->budget_exhausted();
+  const StoreStats stats = base_store_->Stats();
+  out.report.write_groups = static_cast<int64_t>(stats.write_groups);
+  out.report.grouped_calls = static_cast<int64_t>(stats.grouped_calls);
   out.report.wall_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - wall_start).count();
   out.store_description = store_description_;

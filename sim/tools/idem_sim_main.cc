@@ -78,6 +78,9 @@ ABSL_FLAG(int64_t, lease_ms, kDefaults.lease_ms,
 ABSL_FLAG(int64_t, wait_ms, kDefaults.wait_ms,
           "With --processes: real ms a consumer waits for an in-flight duplicate to finish "
           "(ProcessorOptions::wait_for_in_flight) instead of answering in progress; 0: no wait.");
+ABSL_FLAG(bool, concurrent, kDefaults.concurrent,
+          "In-process lease mode: consumer threads call the store at once (group commit gathers "
+          "their writes) instead of taking turns; real time, and no exact replay from the seed.");
 ABSL_FLAG(int32_t, batch, kDefaults.batch,
           "Messages per ProcessBatch call (lease mode); 1: Process.");
 ABSL_FLAG(std::string, sabotage, "none",
@@ -219,6 +222,7 @@ idem::sim::SimConfig ConfigFromFlags() {
   c.lease_ms = absl::GetFlag(FLAGS_lease_ms);
   c.wait_ms = absl::GetFlag(FLAGS_wait_ms);
   c.batch = absl::GetFlag(FLAGS_batch);
+  c.concurrent = absl::GetFlag(FLAGS_concurrent);
   return c;
 }
 

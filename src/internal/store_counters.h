@@ -14,7 +14,7 @@ namespace idem::internal {
 struct StoreCounters {
   std::atomic<uint64_t> claims_acquired{0}, takeovers{0}, duplicates{0}, in_progress{0}, stale{0},
       conflicts{0}, dead_lettered{0}, completed{0}, fenced{0}, retention_reclaims{0},
-      capacity_rejections{0}, evictions{0}, purged{0};
+      capacity_rejections{0}, evictions{0}, purged{0}, write_groups{0}, grouped_calls{0};
 
   static void Add(std::atomic<uint64_t>& counter, uint64_t n = 1) {
     counter.fetch_add(n, std::memory_order_relaxed);
@@ -67,7 +67,9 @@ struct StoreCounters {
                       .retention_reclaims = get(retention_reclaims),
                       .capacity_rejections = get(capacity_rejections),
                       .evictions = get(evictions),
-                      .purged = get(purged)};
+                      .purged = get(purged),
+                      .write_groups = get(write_groups),
+                      .grouped_calls = get(grouped_calls)};
   }
 };
 
@@ -86,6 +88,8 @@ inline void Accumulate(StoreStats& total, const StoreStats& part) {
   total.capacity_rejections += part.capacity_rejections;
   total.evictions += part.evictions;
   total.purged += part.purged;
+  total.write_groups += part.write_groups;
+  total.grouped_calls += part.grouped_calls;
 }
 
 }  // namespace idem::internal

@@ -24,7 +24,8 @@ namespace idem {
 namespace {
 
 constexpr std::string_view kIdemOptions[] = {
-    "table_prefix", "schema", "pool_size", "unnamed_statements", "retention_ms", "max_id_bytes"};
+    "table_prefix", "schema",       "pool_size",   "group_limit",
+    "unnamed_statements", "retention_ms", "max_id_bytes"};
 
 bool IsIdemOption(std::string_view name) {
   for (std::string_view o : kIdemOptions) {
@@ -102,6 +103,9 @@ absl::StatusOr<PostgresStoreOptions> ParsePostgresUri(std::string_view uri) {
     } else if (name == "pool_size") {
       IDEM_ASSIGN_OR_RETURN(int64_t n, internal::ParseUriInteger(scheme, name, value, 1, 1024));
       options.pool_size = static_cast<std::size_t>(n);
+    } else if (name == "group_limit") {
+      IDEM_ASSIGN_OR_RETURN(int64_t n, internal::ParseUriInteger(scheme, name, value, 1, 1024));
+      options.group_limit = static_cast<std::size_t>(n);
     } else if (name == "unnamed_statements") {
       IDEM_ASSIGN_OR_RETURN(options.unnamed_statements,
                             internal::ParseUriBool(scheme, name, value));
@@ -120,8 +124,8 @@ absl::StatusOr<PostgresStoreOptions> ParsePostgresUri(std::string_view uri) {
     } else {
       return internal::UnknownUriOption(
           scheme, name,
-          {"table_prefix", "schema", "pool_size", "unnamed_statements", "retention_ms",
-           "max_id_bytes", "and libpq's connection keywords (sslmode, connect_timeout, host, …)"});
+          {"table_prefix", "schema", "pool_size", "group_limit", "unnamed_statements",
+           "retention_ms", "max_id_bytes", "and libpq's connection keywords (sslmode, connect_timeout, host, …)"});
     }
   }
   // Schema and prefix are checked here by the rule the store applies, so that a bad one fails

@@ -26,6 +26,7 @@
 #include "internal/store_counters.h"
 #include "internal/strings.h"
 #include "internal/token.h"
+#include "internal/write_queue.h"
 #include "redis_admin_scripts.h"
 #include "redis_connection.h"
 #include "redis_keys.h"
@@ -192,6 +193,7 @@ absl::Status ValidateOptions(const RedisStoreOptions& options) {
     return absl::InvalidArgumentError("redis: key_prefix must not be empty");
   }
   if (options.pool_size == 0) return absl::InvalidArgumentError("redis: pool_size must be > 0");
+  IDEM_RETURN_IF_ERROR(internal::ValidateGroupLimit(options.group_limit, "redis"));
   if (options.max_id_bytes == 0) {
     return absl::InvalidArgumentError("redis: max_id_bytes must be > 0");
   }
@@ -212,13 +214,23 @@ class RedisStore final : public DedupStore {
  public:
   static absl::StatusOr<std::unique_ptr<DedupStore>> Open(RedisStoreOptions options);
 
+  // Group commit: concurrent claims (and concurrent completions) queue, and each group goes in
+  // one pipeline on one connection (ClaimBatch, CompleteBatch), each call with its own outcome.
   absl::StatusOr<ClaimResult> Claim(const ClaimRequest& request) override {
-    std::vector<absl::StatusOr<ClaimResult>> results = ClaimBatch(std::span(&request, 1));
-    return std::move(results.front());
+    IDEM_RETURN_IF_ERROR(ValidateClaimRequest(request, options_.max_id_bytes));
+    return claims_.Write(
+        request,
+        [this](const ClaimRequest& r) { return std::move(ClaimBatch(std::span(&r, 1)).front()); },
+        [this](std::span<const ClaimRequest> group) { return ClaimBatch(group); });
   }
   absl::StatusOr<CompleteStatus> Complete(const CompleteRequest& request) override {
-    std::vector<absl::StatusOr<CompleteStatus>> results = CompleteBatch(std::span(&request, 1));
-    return std::move(results.front());
+    IDEM_RETURN_IF_ERROR(ValidateCompleteRequest(request, options_.max_id_bytes));
+    return completions_.Write(
+        request,
+        [this](const CompleteRequest& r) {
+          return std::move(CompleteBatch(std::span(&r, 1)).front());
+        },
+        [this](std::span<const CompleteRequest> group) { return CompleteBatch(group); });
   }
   absl::Status Release(std::string_view scope, std::string_view id, uint64_t token) override;
   absl::StatusOr<int64_t> Extend(std::string_view scope, std::string_view id, uint64_t token,
@@ -302,6 +314,12 @@ class RedisStore final : public DedupStore {
   std::mutex token_mu_;
   std::function<uint64_t()> token_source_;  // guarded by token_mu_
   mutable internal::StoreCounters counters_;
+  // Group commit: one group of claims and one of completions in flight (write_queue.h says why
+  // not one per pooled connection).
+  internal::WriteQueue<ClaimRequest, absl::StatusOr<ClaimResult>> claims_{
+      options_.group_limit, &counters_};
+  internal::WriteQueue<CompleteRequest, absl::StatusOr<CompleteStatus>> completions_{
+      options_.group_limit, &counters_};
 };
 
 absl::StatusOr<std::unique_ptr<DedupStore>> RedisStore::Open(RedisStoreOptions options) {

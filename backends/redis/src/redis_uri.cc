@@ -44,6 +44,8 @@ absl::Status ParseQuery(const internal::Uri& uri, RedisStoreOptions& options) {
       options.io_timeout = std::chrono::milliseconds(ms);
     } else if (name == "pool_size") {
       IDEM_ASSIGN_OR_RETURN(options.pool_size, integer(1, 1024));
+    } else if (name == "group_limit") {
+      IDEM_ASSIGN_OR_RETURN(options.group_limit, integer(1, 1024));
     } else if (name == "retention_ms") {
       IDEM_ASSIGN_OR_RETURN(const int64_t ms, integer(1, kMaxMillis));
       options.retention = std::chrono::milliseconds(ms);
@@ -59,7 +61,7 @@ absl::Status ParseQuery(const internal::Uri& uri, RedisStoreOptions& options) {
       return internal::UnknownUriOption(
           kScheme, name,
           {"prefix", "db", "timeout_ms", "connect_timeout_ms", "io_timeout_ms", "pool_size",
-           "retention_ms", "max_id_bytes", "client_name", "user", "password"});
+           "group_limit", "retention_ms", "max_id_bytes", "client_name", "user", "password"});
     }
   }
   return absl::OkStatus();

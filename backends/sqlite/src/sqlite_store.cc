@@ -14,8 +14,10 @@
 #include <atomic>
 #include <climits>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -28,8 +30,10 @@
 #include "internal/store_counters.h"
 #include "internal/strings.h"
 #include "internal/token.h"
+#include "internal/write_queue.h"
 #include "sqlite_admin.h"
 #include "sqlite_internal.h"
+#include "sqlite_store_testing.h"
 
 namespace idem {
 namespace {
@@ -171,6 +175,23 @@ struct ClaimOutcome {
   bool retention_reclaim = false;
 };
 
+// One call in the store's write queue: a claim or a completion (exactly one is set), pointing
+// into its caller's frame.
+struct WriteOp {
+  const ClaimRequest* claim = nullptr;
+  const CompleteRequest* complete = nullptr;
+};
+
+// Its result: the one of its kind is set.
+struct WriteResult {
+  explicit WriteResult(absl::StatusOr<ClaimResult> c) : claim(std::move(c)) {}
+  explicit WriteResult(absl::StatusOr<CompleteStatus> c) : complete(std::move(c)) {}
+  // A failure of the whole write, for either kind.
+  explicit WriteResult(const absl::Status& failure) : claim(failure), complete(failure) {}
+  std::optional<absl::StatusOr<ClaimResult>> claim;
+  std::optional<absl::StatusOr<CompleteStatus>> complete;
+};
+
 class SqliteStore final : public DedupStore {
  public:
   SqliteStore(SqliteStoreOptions options, SqliteDb db, Statements statements)
@@ -181,8 +202,25 @@ class SqliteStore final : public DedupStore {
     if (!options_.token_source) options_.token_source = internal::RandomTokenSource();
   }
 
+  // Claim and Complete go through the write queue (group commit): concurrent calls are written in
+  // one transaction, claims and completions together, in the order they queued; a call alone
+  // runs ClaimAlone or CompleteAlone, the code it ran before grouping.
   absl::StatusOr<ClaimResult> Claim(const ClaimRequest& request) override {
     if (absl::Status s = ValidateClaimRequest(request, options_.max_id_bytes); !s.ok()) return s;
+    WriteResult result = queue_.Write(WriteOp{.claim = &request}, alone_, group_);
+    return *std::move(result.claim);
+  }
+
+  absl::StatusOr<CompleteStatus> Complete(const CompleteRequest& request) override {
+    if (absl::Status s = ValidateCompleteRequest(request, options_.max_id_bytes); !s.ok()) {
+      return s;
+    }
+    WriteResult result = queue_.Write(WriteOp{.complete = &request}, alone_, group_);
+    return *std::move(result.complete);
+  }
+
+  // REQUIRES: `request` is valid.
+  absl::StatusOr<ClaimResult> ClaimAlone(const ClaimRequest& request) {
     absl::MutexLock lock(&mu_);
     WriteTxn txn(db_.get(), st_.txn);
     if (absl::Status s = txn.Begin("claim"); !s.ok()) return s;
@@ -233,10 +271,8 @@ class SqliteStore final : public DedupStore {
     return out;
   }
 
-  absl::StatusOr<CompleteStatus> Complete(const CompleteRequest& request) override {
-    if (absl::Status s = ValidateCompleteRequest(request, options_.max_id_bytes); !s.ok()) {
-      return s;
-    }
+  // REQUIRES: `request` is valid.
+  absl::StatusOr<CompleteStatus> CompleteAlone(const CompleteRequest& request) {
     absl::MutexLock lock(&mu_);
     WriteTxn txn(db_.get(), st_.txn);
     if (absl::Status s = txn.Begin("complete"); !s.ok()) return s;
@@ -286,6 +322,67 @@ class SqliteStore final : public DedupStore {
       } else {
         counters_.CountCompletion(*outcomes[k]);
         out[valid[k]] = *outcomes[k];
+      }
+    }
+    return out;
+  }
+
+  // A group of the write queue: every claim and completion in one BEGIN IMMEDIATE … COMMIT, in
+  // queue order, each with its own outcome exactly as ClaimBatch and CompleteBatch give them (a
+  // later claim of an id sees an earlier one's claim; a fenced completion matches no row and
+  // changes nothing). A failure of the transaction (busy, I/O error, disk full) rolls all of it
+  // back and is every member's status; one that may come from one member's own record (DataLoss,
+  // InvalidArgument, Internal) is not, and each member is then written alone, so that it gets what
+  // it would have got alone (the rolled-back group wrote nothing).
+  std::vector<WriteResult> WriteGroup(std::span<const WriteOp> ops) {
+    struct Done {
+      std::optional<ClaimOutcome> claim;
+      std::optional<CompleteStatus> complete;  // nullopt for a completion: fenced
+    };
+    std::vector<Done> done;
+    done.reserve(ops.size());
+    const absl::Status failure = [&]() -> absl::Status {
+      absl::MutexLock lock(&mu_);
+      WriteTxn txn(db_.get(), st_.txn);
+      if (absl::Status s = txn.Begin("grouped write"); !s.ok()) return s;
+      const int64_t now = clock_->NowMillis();
+      for (const WriteOp& op : ops) {
+        if (op.claim != nullptr) {
+          absl::StatusOr<ClaimOutcome> outcome = ClaimLocked(*op.claim, now);
+          if (!outcome.ok()) return outcome.status();
+          done.push_back(Done{.claim = *std::move(outcome)});
+        } else {
+          absl::StatusOr<std::optional<CompleteStatus>> completed =
+              CompleteLocked(*op.complete, now);
+          if (!completed.ok()) return completed.status();
+          done.push_back(Done{.complete = *completed});
+        }
+      }
+      return txn.Commit("grouped write");
+    }();
+    std::vector<WriteResult> out;
+    out.reserve(ops.size());
+    if (!failure.ok()) {
+      // The message names the statement that failed, which may be another member's: say so.
+      const absl::Status each(failure.code(),
+                              absl::StrCat(failure.message(), " (in a transaction of ",
+                                           ops.size(), " calls written together)"));
+      const absl::StatusCode code = failure.code();
+      const bool own = code == absl::StatusCode::kDataLoss ||
+                       code == absl::StatusCode::kInvalidArgument ||
+                       code == absl::StatusCode::kInternal;
+      for (const WriteOp& op : ops) out.push_back(own ? alone_(op) : WriteResult(each));
+      return out;
+    }
+    for (std::size_t i = 0; i < ops.size(); ++i) {
+      if (ops[i].claim != nullptr) {
+        Count(*done[i].claim);
+        out.push_back(WriteResult(absl::StatusOr<ClaimResult>(std::move(done[i].claim->result))));
+      } else if (!done[i].complete.has_value()) {
+        out.push_back(WriteResult(absl::StatusOr<CompleteStatus>(Fenced("complete"))));
+      } else {
+        counters_.CountCompletion(*done[i].complete);
+        out.push_back(WriteResult(absl::StatusOr<CompleteStatus>(*done[i].complete)));
       }
     }
     return out;
@@ -389,6 +486,21 @@ class SqliteStore final : public DedupStore {
   StoreStats Stats() const override { return counters_.Snapshot(); }
 
   std::string_view BackendName() const override { return "sqlite"; }
+
+  // sqlite_store_testing.h. Takes only the queue's lock: callable from a token source.
+  std::size_t QueuedForTesting() { return queue_.waiting(); }
+
+  // sqlite_store_testing.h: one pragma that returns one integer, on the store's connection.
+  absl::StatusOr<int64_t> PragmaForTesting(const std::string& sql) {
+    absl::MutexLock lock(&mu_);
+    absl::StatusOr<SqliteStmt> stmt = internal::Prepare(db_.get(), sql);
+    if (!stmt.ok()) return stmt.status();
+    StmtRun run(stmt->get(), "pragma");
+    absl::StatusOr<bool> row = run.Step();
+    if (!row.ok()) return row.status();
+    if (!*row) return absl::InternalError("sqlite: the pragma returned no row");
+    return run.ColumnInt64(0);
+  }
 
   // Operator calls (sqlite_admin.cc). WaitForCompletion is the default: Inspect polled with
   // backoff (another process may complete the claim, and SQLite tells nobody).
@@ -549,11 +661,19 @@ class SqliteStore final : public DedupStore {
 
   SqliteStoreOptions options_;
   Clock* clock_;
+  internal::StoreCounters counters_;
+  // Group commit: one queue per store (SQLite has one writer), one group in flight.
+  std::function<WriteResult(const WriteOp&)> alone_ = [this](const WriteOp& op) {
+    return op.claim != nullptr ? WriteResult(ClaimAlone(*op.claim))
+                               : WriteResult(CompleteAlone(*op.complete));
+  };
+  std::function<std::vector<WriteResult>(std::span<const WriteOp>)> group_ =
+      [this](std::span<const WriteOp> ops) { return WriteGroup(ops); };
+  internal::WriteQueue<WriteOp, WriteResult> queue_{options_.group_limit, &counters_};
   absl::Mutex mu_;
   // Declared before the statements, so they are finalized before the connection closes.
   SqliteDb db_ ABSL_GUARDED_BY(mu_);
   Statements st_ ABSL_GUARDED_BY(mu_);
-  internal::StoreCounters counters_;
 };
 
 [[nodiscard]] absl::Status ValidateOptions(const SqliteStoreOptions& options) {
@@ -566,6 +686,9 @@ class SqliteStore final : public DedupStore {
   }
   if (options.retention.count() <= 0) {
     return absl::InvalidArgumentError("sqlite: retention must be > 0");
+  }
+  if (absl::Status s = internal::ValidateGroupLimit(options.group_limit, "sqlite"); !s.ok()) {
+    return s;
   }
   // SQLite's default SQLITE_MAX_LENGTH is 10^9 bytes; stay well within a bound int.
   if (options.max_id_bytes == 0 || options.max_id_bytes > (1u << 24)) {
@@ -594,6 +717,28 @@ class SqliteStore final : public DedupStore {
 }  // namespace
 
 int SqliteSchemaVersion() { return internal::kSchemaVersion; }
+
+namespace internal {
+
+absl::Status SetSqliteMaxPageCountForTesting(DedupStore& store, int64_t pages) {
+  auto* sqlite = dynamic_cast<SqliteStore*>(&store);
+  if (sqlite == nullptr) return absl::InvalidArgumentError("not a store from NewSqliteStore");
+  return sqlite->PragmaForTesting(absl::StrCat("PRAGMA max_page_count = ", pages)).status();
+}
+
+absl::StatusOr<std::size_t> SqliteQueuedCallsForTesting(DedupStore& store) {
+  auto* sqlite = dynamic_cast<SqliteStore*>(&store);
+  if (sqlite == nullptr) return absl::InvalidArgumentError("not a store from NewSqliteStore");
+  return sqlite->QueuedForTesting();
+}
+
+absl::StatusOr<int64_t> SqlitePageCountForTesting(DedupStore& store) {
+  auto* sqlite = dynamic_cast<SqliteStore*>(&store);
+  if (sqlite == nullptr) return absl::InvalidArgumentError("not a store from NewSqliteStore");
+  return sqlite->PragmaForTesting("PRAGMA page_count");
+}
+
+}  // namespace internal
 
 absl::StatusOr<SqliteSynchronous> ParseSqliteSynchronous(std::string_view name) {
   for (SqliteSynchronous setting : {SqliteSynchronous::kOff, SqliteSynchronous::kNormal,

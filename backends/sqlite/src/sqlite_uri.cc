@@ -47,9 +47,14 @@ absl::StatusOr<SqliteStoreOptions> ParseSqliteUri(std::string_view text) {
       IDEM_ASSIGN_OR_RETURN(const int64_t n, internal::ParseUriInteger(kScheme, name, option.value,
                                                                        1, 512 * 1024 * 1024));
       options.max_id_bytes = static_cast<std::size_t>(n);
+    } else if (name == "group_limit") {
+      IDEM_ASSIGN_OR_RETURN(const int64_t n, internal::ParseUriInteger(kScheme, name, option.value,
+                                                                       1, 1024));
+      options.group_limit = static_cast<std::size_t>(n);
     } else {
-      return internal::UnknownUriOption(
-          kScheme, name, {"synchronous", "busy_timeout_ms", "retention_ms", "max_id_bytes"});
+      return internal::UnknownUriOption(kScheme, name,
+                                        {"synchronous", "busy_timeout_ms", "retention_ms",
+                                         "max_id_bytes", "group_limit"});
     }
   }
   return options;

@@ -70,6 +70,11 @@ struct PostgresStoreOptions {
   std::string table_prefix = "idem_";
   // Most connections open at once; a call waits for a free one beyond that. 1..1024.
   std::size_t pool_size = 8;
+  // Group commit (docs/design.md, "Group commit"): the most concurrent Claim calls (and,
+  // separately, Complete calls) written in one pipelined transaction, 1..1024. Calls that arrive
+  // while a transaction is in flight queue and go together in the next one; a call alone is
+  // written at once, as with 1 (every call a transaction of its own).
+  std::size_t group_limit = 64;
   // Unnamed statements (parsed on every call) instead of statements prepared once per connection:
   // needed behind pgbouncer in transaction pooling mode, which keeps no named prepared statements.
   bool unnamed_statements = false;
@@ -89,8 +94,8 @@ struct PostgresStoreOptions {
     PostgresStoreOptions options);
 
 // Parses a postgresql:// or postgres:// URI as libpq does, plus idem's own query options:
-//   table_prefix=P  schema=S  pool_size=N  unnamed_statements=0|1  retention_ms=N
-//   max_id_bytes=N
+//   table_prefix=P  schema=S  pool_size=N  group_limit=N (1..1024)  unnamed_statements=0|1
+//   retention_ms=N  max_id_bytes=N
 // Every other query option must be a libpq connection keyword (sslmode, connect_timeout,
 // application_name, host=/unix/socket/dir, …). InvalidArgument (never quoting the password or
 // an option value) when the URI is malformed or names an unknown option.

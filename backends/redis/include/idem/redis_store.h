@@ -89,6 +89,11 @@ struct RedisStoreOptions {
   std::chrono::milliseconds io_timeout{2'000};
   // Most connections held at once; calls beyond it wait for a free one. Must be > 0.
   std::size_t pool_size = 4;
+  // Group commit (docs/design.md, "Group commit"): the most concurrent Claim calls (and,
+  // separately, Complete calls) sent in one pipelined round trip, 1..1024. Calls that arrive while
+  // a round trip is in flight queue and go together in the next one; a call alone is sent at
+  // once, as with 1 (every call a round trip of its own).
+  std::size_t group_limit = 64;
   // Retention of COMPLETED records when Complete does not say, and how long an abandoned
   // IN_PROGRESS or RELEASED record is kept after its lease.
   std::chrono::milliseconds retention = kDefaultRetention;
@@ -119,8 +124,8 @@ struct RedisStoreOptions {
 //   unix://[[user]:password@]/path/to/redis.sock[?option=value&...]
 // host may be a name, an IPv4 address or a bracketed IPv6 address; port defaults to 6379, db to 0.
 // User, password and option values are percent-decoded. Options: prefix, db, timeout_ms (connect
-// and I/O), connect_timeout_ms, io_timeout_ms, pool_size, retention_ms, max_id_bytes,
-// client_name, user, password.
+// and I/O), connect_timeout_ms, io_timeout_ms, pool_size, group_limit (1..1024), retention_ms,
+// max_id_bytes, client_name, user, password.
 // Errors: InvalidArgument for a malformed URI, an unknown or repeated option, or `rediss://`
 // (this build's hiredis has no TLS). The error text never contains the password.
 [[nodiscard]] absl::StatusOr<RedisStoreOptions> ParseRedisUri(std::string_view uri);

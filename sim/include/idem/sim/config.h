@@ -105,6 +105,12 @@ struct SimConfig {
   // Consumer processes only: the in-process scheduler runs one consumer at a time, so a waiting
   // consumer would stall the one it waits for.
   int64_t wait_ms = 0;
+  // In-process lease mode: the consumer threads run at once on the store object (its calls
+  // overlap, so group commit gathers them into shared writes) instead of taking turns under the
+  // seeded scheduler; every store runs on real time then, and the interleaving, chosen by the
+  // machine, does not replay from the seed. The simulator's own bookkeeping stays one consumer at
+  // a time: only store calls overlap.
+  bool concurrent = false;
   Sabotage sabotage = Sabotage::kNone;
 };
 

@@ -53,6 +53,9 @@ struct Report {
   int64_t fail_open_runs = 0;       // part of unexplained
   int64_t double_claims = 0;        // part of unexplained
   int64_t runs_after_complete = 0;  // part of unexplained
+  // Group commit (in process): the store's StoreStats::write_groups and grouped_calls.
+  int64_t write_groups = 0;
+  int64_t grouped_calls = 0;
   std::array<int64_t, static_cast<int>(Fault::kCount)> faults{};
   bool budget_exhausted = false;  // the run was cut short (a livelock); unacked counts as lost
   double wall_seconds = 0;
