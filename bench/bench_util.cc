@@ -195,7 +195,7 @@ uint64_t StoreWrites(const StoreStats& s) {
 }  // namespace
 
 void RunGroup(benchmark::State& state, int threads, const GroupSides& sides) {
-  enum Unit { kRaw, kAlone, kOneThread, kThreads, kUnits };
+  enum Unit { kRaw, kAlone, kOneThread, kAloneThreads, kThreads, kUnits };
   Gang gang(threads);
   MessageStream raw_stream, alone_stream, one_stream;
   std::vector<MessageStream> streams(static_cast<std::size_t>(threads));
@@ -203,6 +203,7 @@ void RunGroup(benchmark::State& state, int threads, const GroupSides& sides) {
   std::vector<std::vector<Message>> thread_messages(static_cast<std::size_t>(threads),
                                                     std::vector<Message>(kGroupPerThread));
   std::vector<std::vector<int64_t>> thread_latencies(static_cast<std::size_t>(threads));
+  std::vector<std::vector<int64_t>> alone_thread_latencies(static_cast<std::size_t>(threads));
   std::vector<int64_t> alone_latencies, one_latencies;
   std::vector<absl::Status> thread_status(static_cast<std::size_t>(threads));
   Clock::duration time[kUnits] = {};
@@ -227,11 +228,14 @@ void RunGroup(benchmark::State& state, int threads, const GroupSides& sides) {
                                unit == kAlone ? alone_latencies : one_latencies);
           break;
         }
+        case kAloneThreads:
         case kThreads: {
           for (std::size_t t = 0; t < streams.size(); ++t) streams[t].Fill(thread_messages[t]);
+          const Processor& processor = unit == kThreads ? *sides.grouped : *sides.alone;
+          auto& latencies = unit == kThreads ? thread_latencies : alone_thread_latencies;
           const std::function<void(int)> work = [&](int t) {
             const auto i = static_cast<std::size_t>(t);
-            thread_status[i] = ProcessEach(*sides.grouped, thread_messages[i], thread_latencies[i]);
+            thread_status[i] = ProcessEach(processor, thread_messages[i], latencies[i]);
           };
           start = Clock::now();
           gang.Run(work);
@@ -246,8 +250,8 @@ void RunGroup(benchmark::State& state, int threads, const GroupSides& sides) {
         state.SkipWithError(status.ToString().c_str());
         return;
       }
+      if (sides.between) sides.between(iteration);
     }
-    if (sides.between) sides.between(iteration);
     ++iteration;
   }
   const StoreStats after = sides.grouped_store->Stats();
@@ -260,13 +264,19 @@ void RunGroup(benchmark::State& state, int threads, const GroupSides& sides) {
   state.counters["raw_batch100"] = rate(n * static_cast<double>(kGroupRawBatch), time[kRaw]);
   state.counters["per_msg_1t_alone"] = rate(n * per_thread, time[kAlone]);
   state.counters["per_msg_1t"] = rate(n * per_thread, time[kOneThread]);
+  state.counters["per_msg_nt_alone"] = rate(n * per_thread * threads, time[kAloneThreads]);
   state.counters["per_msg_nt"] = rate(n * per_thread * threads, time[kThreads]);
-  std::vector<int64_t> all;
+  std::vector<int64_t> all, all_alone;
   for (std::vector<int64_t>& v : thread_latencies) all.insert(all.end(), v.begin(), v.end());
+  for (std::vector<int64_t>& v : alone_thread_latencies) {
+    all_alone.insert(all_alone.end(), v.begin(), v.end());
+  }
   state.counters["p50_1t_alone_us"] = PercentileMicros(alone_latencies, 0.50);
   state.counters["p99_1t_alone_us"] = PercentileMicros(alone_latencies, 0.99);
   state.counters["p50_1t_us"] = PercentileMicros(one_latencies, 0.50);
   state.counters["p99_1t_us"] = PercentileMicros(one_latencies, 0.99);
+  state.counters["p50_nt_alone_us"] = PercentileMicros(all_alone, 0.50);
+  state.counters["p99_nt_alone_us"] = PercentileMicros(all_alone, 0.99);
   state.counters["p50_nt_us"] = PercentileMicros(all, 0.50);
   state.counters["p99_nt_us"] = PercentileMicros(all, 0.99);
   const double groups = static_cast<double>(after.write_groups - before.write_groups);
