@@ -87,6 +87,31 @@ using Unit = std::function<absl::Status(std::span<const Message>)>;
 void RunPaired(benchmark::State& state, std::size_t batch, const Unit& raw, const Unit& idem,
                const std::function<void(int64_t iteration)>& between = nullptr);
 
+// The sides of a group-commit benchmark (RunGroup). Both processors run on the same backend and
+// data: `alone` on a store opened with group_limit=1 (every call written by itself, as before
+// group commit), `grouped` on a store with the default group_limit.
+struct GroupSides {
+  Unit raw_batch;  // kGroupRawBatch messages in one raw transaction or pipeline
+  const Processor* alone = nullptr;
+  const Processor* grouped = nullptr;
+  const DedupStore* grouped_store = nullptr;  // read for write_groups and grouped_calls
+  // Untimed upkeep after every unit (e.g. SQLite's WAL checkpoint), or null.
+  std::function<void(int64_t iteration)> between;
+};
+inline constexpr std::size_t kGroupRawBatch = 100;
+// Messages each consumer thread handles one at a time in one unit.
+inline constexpr std::size_t kGroupPerThread = 48;
+
+// A group-commit benchmark: each iteration runs five units in rotating order, each timed by hand
+// (so drift falls on all of them alike): the raw batch of 100; `alone` and `grouped` from one
+// thread, kGroupPerThread messages each through Processor::Process; and `alone` and `grouped`
+// from `threads` threads at once, kGroupPerThread messages each (wall time from release to the
+// last thread's finish). Counters: raw_batch100, per_msg_1t_alone, per_msg_1t, per_msg_nt_alone,
+// per_msg_nt (msgs/s); p50/p99 latency of one Process call in microseconds for each per-message
+// unit; calls_per_group (calls per write that carried more than one) and grouped_share (fraction
+// of the grouped store's writes carried by such writes), from the store's counters.
+void RunGroup(benchmark::State& state, int threads, const GroupSides& sides);
+
 // The handler every benchmark runs: it does nothing the compiler may drop.
 inline void TrivialHandler(HandlerContext& context) { benchmark::DoNotOptimize(context.token()); }
 

@@ -167,12 +167,18 @@ struct IdemPg {
   std::unique_ptr<PostgresTransactional> tx;
 };
 
-IdemPg& Idem() {
-  static IdemPg* idem = [] {
+// The store with the default group_limit (with transactional mode), or with group_limit 1
+// (every call written alone; no transactional mode).
+IdemPg& Idem(bool alone = false) {
+  static IdemPg* stores[2] = {};
+  IdemPg*& idem = stores[alone ? 1 : 0];
+  if (idem != nullptr) return *idem;
+  idem = [alone] {
     PostgresStoreOptions options;
     options.conninfo = Uri();
     options.schema = Schema();
     options.pool_size = 4;
+    if (alone) options.group_limit = 1;
     absl::StatusOr<std::unique_ptr<DedupStore>> store = NewPostgresStore(options);
     if (!store.ok()) {
       std::fprintf(stderr, "postgres store: %s\n", store.status().ToString().c_str());
@@ -182,6 +188,7 @@ IdemPg& Idem() {
     absl::StatusOr<Processor> processor = Processor::Create(*made->store, std::string(kScope));
     if (!processor.ok()) std::abort();
     made->processor = std::make_unique<Processor>(*std::move(processor));
+    if (alone) return made;
     made->tx_conn = Connect();
     absl::StatusOr<std::unique_ptr<PostgresTransactional>> tx = PostgresTransactional::Create(
         made->tx_conn.get(), std::string(kScope), {.schema = Schema()});
@@ -263,6 +270,19 @@ void RegisterPaired(const std::string& pattern, std::size_t batch, SideFn raw, S
   });
 }
 
+// Group commit: per-message Process from one thread (alone and grouped) and from `threads`
+// threads, against the raw batch of 100 (RunGroup).
+void RegisterGroup(int threads) {
+  Register("postgres", absl::StrCat("group", threads), "group", [=](benchmark::State& state) {
+    RawPg r;
+    RunGroup(state, threads,
+             GroupSides{.raw_batch = [&](std::span<const Message> m) { return RawBatch(r, m); },
+                        .alone = Idem(/*alone=*/true).processor.get(),
+                        .grouped = Idem().processor.get(),
+                        .grouped_store = Idem().store.get()});
+  });
+}
+
 bool RegisterAll() {
   Conn c = Connect();
   if (c == nullptr) {
@@ -274,11 +294,13 @@ bool RegisterAll() {
                              ".raw_dedup(id bytea PRIMARY KEY, status int2 NOT NULL, "
                              "lease_until int8 NOT NULL)"));
   Idem();  // open before any timing: connect, create the schema, prepare
+  Idem(/*alone=*/true);
   RegisterPaired("lease", 1, RawLease, IdemLease);
   RegisterPaired("txn", 1, RawTransactional, IdemTransactional);
   for (std::size_t batch : {10, 100}) {
     RegisterPaired(absl::StrCat("batch", batch), batch, RawBatch, IdemBatch);
   }
+  RegisterGroup(16);
   return true;
 }
 

@@ -113,23 +113,32 @@ struct IdemRedis {
   std::unique_ptr<Processor> processor;
 };
 
+// `group_limit` 1: a store that writes every call alone (no group commit); 0: the default.
+IdemRedis* OpenIdem(uint32_t group_limit) {
+  RedisStoreOptions options;
+  options.host = Host();
+  options.port = Port();
+  options.key_prefix = "idem-bench";
+  if (group_limit > 0) options.group_limit = group_limit;
+  absl::StatusOr<std::unique_ptr<DedupStore>> store = NewRedisStore(options);
+  if (!store.ok()) {
+    std::fprintf(stderr, "redis store: %s\n", store.status().ToString().c_str());
+    std::abort();
+  }
+  auto* made = new IdemRedis{.store = std::move(store).value()};
+  absl::StatusOr<Processor> processor = Processor::Create(*made->store, std::string(kScope));
+  if (!processor.ok()) std::abort();
+  made->processor = std::make_unique<Processor>(*std::move(processor));
+  return made;
+}
+
 IdemRedis& Idem() {
-  static IdemRedis* idem = [] {
-    RedisStoreOptions options;
-    options.host = Host();
-    options.port = Port();
-    options.key_prefix = "idem-bench";
-    absl::StatusOr<std::unique_ptr<DedupStore>> store = NewRedisStore(options);
-    if (!store.ok()) {
-      std::fprintf(stderr, "redis store: %s\n", store.status().ToString().c_str());
-      std::abort();
-    }
-    auto* made = new IdemRedis{.store = std::move(store).value()};
-    absl::StatusOr<Processor> processor = Processor::Create(*made->store, std::string(kScope));
-    if (!processor.ok()) std::abort();
-    made->processor = std::make_unique<Processor>(*std::move(processor));
-    return made;
-  }();
+  static IdemRedis* idem = OpenIdem(0);
+  return *idem;
+}
+
+IdemRedis& IdemAlone() {
+  static IdemRedis* idem = OpenIdem(1);
   return *idem;
 }
 
@@ -217,6 +226,19 @@ void RegisterPaired(const std::string& pattern, std::size_t size, bool batch) {
   });
 }
 
+// Group commit: per-message Process from one thread (alone and grouped) and from `threads`
+// threads, against the raw pipeline of 100 (RunGroup).
+void RegisterGroup(int threads) {
+  Register("redis", absl::StrCat("group", threads), "group", [=](benchmark::State& state) {
+    RawRedis raw;
+    RunGroup(state, threads,
+             GroupSides{.raw_batch = [&](std::span<const Message> m) { return RawUnit(raw, m, true); },
+                        .alone = IdemAlone().processor.get(),
+                        .grouped = Idem().processor.get(),
+                        .grouped_store = Idem().store.get()});
+  });
+}
+
 bool RegisterAll() {
   if (Connect() == nullptr) {
     std::fprintf(stderr, "redis bench: no Redis server at %s:%d; nothing registered\n",
@@ -224,6 +246,7 @@ bool RegisterAll() {
     return false;
   }
   Idem();  // open before any timing: connect, read settings, load scripts
+  IdemAlone();
   RegisterPaired("lease", 1, false);
   for (std::size_t batch : {1, 10, 100, 1000}) {
     RegisterPaired(absl::StrCat("batch", batch), batch, true);
@@ -232,6 +255,7 @@ bool RegisterAll() {
   // separate benchmarks, each thread on its own stream (and, raw, its own connection).
   Register("redis", "lease_2threads", "raw", RawPerMessage)->Threads(2);
   Register("redis", "lease_2threads", "idem", IdemPerMessage)->Threads(2);
+  RegisterGroup(16);
   return true;
 }
 

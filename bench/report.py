@@ -87,6 +87,86 @@ def load_benchmarks(out_dir):
     return rates, errors
 
 
+GROUP_COUNTERS = ["raw_batch100", "per_msg_1t_alone", "per_msg_1t", "per_msg_nt_alone",
+                  "per_msg_nt", "p50_1t_alone_us", "p99_1t_alone_us", "p50_1t_us", "p99_1t_us",
+                  "p50_nt_alone_us", "p99_nt_alone_us", "p50_nt_us", "p99_nt_us",
+                  "calls_per_group", "grouped_share"]
+# (backend, minimum per_msg_nt / per_msg_1t, minimum per_msg_nt / raw_batch100,
+#  minimum per_msg_1t / per_msg_1t_alone): the group-commit targets.
+GROUP_TARGETS = [("sqlite-full", 4, 0.5, 0.95), ("redis", 4, 0.5, 0.95)]
+
+
+def load_groups(out_dir):
+    """Group-commit benchmarks ("backend/groupN/group"): {(backend, threads): {counter: median}}."""
+    samples, medians = {}, {}
+    for name in ("sqlite", "redis", "postgres"):
+        path = os.path.join(out_dir, name + ".json")
+        if not os.path.exists(path):
+            continue
+        with open(path) as f:
+            data = json.load(f)
+        for b in data.get("benchmarks", []):
+            parts = b.get("run_name", b["name"]).split("/")
+            if len(parts) < 3 or parts[2] != "group" or b.get("error_occurred"):
+                continue
+            key = (parts[0], int(parts[1][len("group"):]))
+            for counter in GROUP_COUNTERS:
+                if counter not in b:
+                    continue
+                if b.get("run_type") == "aggregate":
+                    if b.get("aggregate_name") == "median":
+                        medians.setdefault(key, {})[counter] = b[counter]
+                else:
+                    samples.setdefault(key, {}).setdefault(counter, []).append(b[counter])
+    groups = {key: {c: median(v) for c, v in counters.items()} for key, counters in samples.items()}
+    for key, counters in medians.items():
+        groups.setdefault(key, {}).update(counters)
+    return groups
+
+
+def group_report(groups):
+    """The group-commit table, GROUP lines and TARGET lines."""
+    order = {b: i for i, b in enumerate(BACKENDS)}
+    table = ["| backend | 1 thread, alone | 1 thread | 16 threads, alone | 16 threads | raw batch 100 "
+             "| 16t / 1t | 16t / raw batch | p50 / p99 µs, 1 thread | p50 / p99 µs, 16 threads alone "
+             "| p50 / p99 µs, 16 threads | calls per group |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines, targets = [], []
+    for (backend, threads), g in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 99),
+                                                                         kv[0][1])):
+        if any(c not in g for c in GROUP_COUNTERS):
+            continue
+        one, many, raw, alone = g["per_msg_1t"], g["per_msg_nt"], g["raw_batch100"], g["per_msg_1t_alone"]
+        table.append(f"| {backend} | {fmt(alone)} | {fmt(one)} | {fmt(g['per_msg_nt_alone'])} | "
+                     f"{fmt(many)} | {fmt(raw)} | {many / one:.1f}x | {many / raw:.2f} | "
+                     f"{g['p50_1t_us']:.0f} / {g['p99_1t_us']:.0f} | "
+                     f"{g['p50_nt_alone_us']:.0f} / {g['p99_nt_alone_us']:.0f} | "
+                     f"{g['p50_nt_us']:.0f} / {g['p99_nt_us']:.0f} | {g['calls_per_group']:.1f} |")
+        lines.append(f"GROUP backend={backend} threads={threads} per_msg_1t={one:.0f} "
+                     f"per_msg_{threads}t={many:.0f} raw_batch100={raw:.0f} "
+                     f"per_msg_1t_alone={alone:.0f} per_msg_{threads}t_alone={g['per_msg_nt_alone']:.0f} "
+                     f"p50_1t_us={g['p50_1t_us']:.0f} "
+                     f"p99_1t_us={g['p99_1t_us']:.0f} p50_{threads}t_us={g['p50_nt_us']:.0f} "
+                     f"p99_{threads}t_us={g['p99_nt_us']:.0f} "
+                     f"calls_per_group={g['calls_per_group']:.1f} "
+                     f"grouped_share={g['grouped_share']:.2f}")
+    for backend, scale, of_raw, single in GROUP_TARGETS:
+        g = next((v for (b, _), v in groups.items() if b == backend), None)
+        checks = [(f"{backend} 16 threads >= {scale}x 1 thread", "per_msg_nt", "per_msg_1t", scale),
+                  (f"{backend} 16 threads >= {of_raw}x raw batch100", "per_msg_nt", "raw_batch100",
+                   of_raw),
+                  (f"{backend} 1 thread grouped >= {single}x alone", "per_msg_1t",
+                   "per_msg_1t_alone", single)]
+        for description, num, den, minimum in checks:
+            if g is None or not g.get(den):
+                targets.append(f"TARGET {description}: not measured")
+                continue
+            value = g[num] / g[den]
+            targets.append(f"TARGET {description}: {value:.2f} "
+                           f"{'met' if value >= minimum else 'MISSED'}")
+    return (table if len(table) > 2 else []), lines, targets
+
+
 def median(values):
     values = sorted(values)
     return values[len(values) // 2]
@@ -225,6 +305,13 @@ def main():
         else:
             verdict = "met" if value >= minimum else "MISSED"
             target_lines.append(f"TARGET {description}: {value:.2f} {verdict}")
+
+    group_table, group_lines, group_targets = group_report(load_groups(args.out_dir))
+    if group_table:
+        lines += ["", "Group commit: per-message Process, one thread and 16 threads on one store "
+                  "(msgs/s; alone = group_limit=1):", ""] + group_table
+    ratio_lines += group_lines
+    target_lines += group_targets
 
     command = args.command or ("bench/run.sh" + (" --quick" if args.mode == "quick" else ""))
     context = (f"`{command}` ({args.mode} run); {machine()}; "

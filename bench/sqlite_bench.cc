@@ -180,6 +180,9 @@ struct Setup {
   Stmt tick;  // a write outside idem's tables, to restart the WAL untimed after a checkpoint
   std::unique_ptr<RawSqlite> raw;
   std::unique_ptr<SqliteTransactional> transactional;
+  // The same file through a store that writes every call alone (group_limit=1).
+  std::unique_ptr<DedupStore> alone_store;
+  std::unique_ptr<Processor> alone_processor;
 };
 
 std::string BenchDir() {
@@ -196,9 +199,12 @@ void RemoveDatabase(const std::string& path) {
   for (const char* suffix : {"", "-wal", "-shm"}) std::filesystem::remove(path + suffix);
 }
 
-std::unique_ptr<DedupStore> OpenStore(const std::string& path, SqliteSynchronous sync) {
-  absl::StatusOr<std::unique_ptr<DedupStore>> store =
-      NewSqliteStore(SqliteStoreOptions{.path = path, .synchronous = sync});
+// `group_limit` 1: every call written by itself (no group commit); 0: the store's default.
+std::unique_ptr<DedupStore> OpenStore(const std::string& path, SqliteSynchronous sync,
+                                      uint32_t group_limit = 0) {
+  SqliteStoreOptions options{.path = path, .synchronous = sync};
+  if (group_limit > 0) options.group_limit = group_limit;
+  absl::StatusOr<std::unique_ptr<DedupStore>> store = NewSqliteStore(options);
   if (!store.ok()) {
     std::fprintf(stderr, "sqlite store %s: %s\n", path.c_str(), store.status().ToString().c_str());
     std::abort();
@@ -290,6 +296,10 @@ Setup& GetSetup(const std::string& name, SqliteSynchronous sync, int64_t prefill
     std::abort();
   }
   s.transactional = std::move(transactional).value();
+  s.alone_store = OpenStore(path, sync, /*group_limit=*/1);
+  absl::StatusOr<Processor> alone = Processor::Create(*s.alone_store, std::string(kScope));
+  if (!alone.ok()) std::abort();
+  s.alone_processor = std::make_unique<Processor>(*std::move(alone));
   return s;
 }
 
@@ -366,6 +376,15 @@ absl::Status IdemTransactional(Setup& s, std::span<const Message> messages) {
   return absl::OkStatus();
 }
 
+// Checkpoints the WAL untimed and restarts it with a write outside idem's tables.
+void Checkpoint(Setup& s) {
+  Check(sqlite3_wal_checkpoint_v2(s.db.get(), nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr),
+        "checkpoint", s.db.get());
+  // The first write after a complete checkpoint restarts the WAL, which costs as much as
+  // several messages: do it here too, untimed.
+  StepDone(s.db.get(), s.tick.get(), "tick");
+}
+
 using SideFn = absl::Status (*)(Setup&, std::span<const Message>);
 
 // Registers the paired benchmark "backend/pattern/pair" on database `name` (opened, and
@@ -386,14 +405,23 @@ void RegisterPaired(const std::string& backend, const std::string& pattern, cons
         state, batch, [&](std::span<const Message> m) { return raw(s, m); },
         [&](std::span<const Message> m) { return idem(s, m); },
         [&](int64_t iteration) {
-          if ((iteration + 1) % every != 0) return;
-          Check(sqlite3_wal_checkpoint_v2(s.db.get(), nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr,
-                                          nullptr),
-                "checkpoint", s.db.get());
-          // The first write after a complete checkpoint restarts the WAL, which costs as much as
-          // several messages: do it here too, untimed.
-          StepDone(s.db.get(), s.tick.get(), "tick");
+          if ((iteration + 1) % every == 0) Checkpoint(s);
         });
+  });
+}
+
+// Group commit: per-message Process from one thread (alone and grouped) and from `threads`
+// threads, against the raw batch of 100 on the same file (RunGroup).
+void RegisterGroup(const std::string& backend, const std::string& name, SqliteSynchronous sync,
+                   int threads) {
+  Register(backend, absl::StrCat("group", threads), "group", [=](benchmark::State& state) {
+    Setup& s = GetSetup(name, sync, 0);
+    RunGroup(state, threads,
+             GroupSides{.raw_batch = [&](std::span<const Message> m) { return RawBatch(s, m); },
+                        .alone = s.alone_processor.get(),
+                        .grouped = s.processor.get(),
+                        .grouped_store = s.store.get(),
+                        .between = [&](int64_t) { Checkpoint(s); }});
   });
 }
 
@@ -410,6 +438,7 @@ void RegisterAll() {
       RegisterPaired(backend, absl::StrCat("batch", batch), name, sync, 0, batch, RawBatch,
                      IdemBatch);
     }
+    RegisterGroup(backend, name, sync, 16);
   }
   // Cost against a large table, at NORMAL.
   for (absl::string_view item :
