@@ -101,6 +101,10 @@ struct GroupSides {
 inline constexpr std::size_t kGroupRawBatch = 100;
 // Messages each consumer thread handles one at a time in one unit.
 inline constexpr std::size_t kGroupPerThread = 48;
+// A group benchmark's minimum time whatever --benchmark_min_time says: one iteration is five
+// units and lasts up to half a second with synchronous fsyncs, and its one-thread units hold only
+// kGroupPerThread messages each, so a short run would rest on a handful of samples.
+inline constexpr double kGroupMinSeconds = 4.0;
 
 // A group-commit benchmark: each iteration runs five units in rotating order, each timed by hand
 // (so drift falls on all of them alike): the raw batch of 100; `alone` and `grouped` from one

@@ -280,7 +280,7 @@ void RegisterGroup(int threads) {
                         .alone = Idem(/*alone=*/true).processor.get(),
                         .grouped = Idem().processor.get(),
                         .grouped_store = Idem().store.get()});
-  });
+  })->MinTime(kGroupMinSeconds);
 }
 
 bool RegisterAll() {

@@ -236,7 +236,7 @@ void RegisterGroup(int threads) {
                         .alone = IdemAlone().processor.get(),
                         .grouped = Idem().processor.get(),
                         .grouped_store = Idem().store.get()});
-  });
+  })->MinTime(kGroupMinSeconds);
 }
 
 bool RegisterAll() {

@@ -3,7 +3,7 @@
 # raw and idem side by side for every backend, runs the Powertools peer where Node.js is present,
 # prints the table (with RATIO / PEER / TARGET lines) and draws the throughput chart.
 #
-#   bench/run.sh [--quick] [--publish] [--no-peer] [--adapters] [--only=BACKEND,...]
+#   bench/run.sh [--quick] [--publish] [--no-peer] [--adapters] [--only=BACKEND,...] [--group]
 #
 #   --quick     short runs, 1M-row pre-fill only (under two minutes once built)
 #               (a full run also pre-fills 10M rows, about 100 s the first time; the files are
@@ -15,6 +15,9 @@
 #               (idem_bench_adapters); and RabbitMQ (idem_bench_rabbitmq)
 #   --only=memory,sqlite,redis,postgres
 #               run only these backends (the peer runs only with redis; no adapters)
+#   --group     only the group-commit benchmarks (per-message Process from 1 and 16 threads,
+#               grouping off and on, against the raw batch of 100) on SQLite, Redis, PostgreSQL,
+#               with repetitions; prints the GROUP and TARGET lines
 #
 # Environment: BUILD_DIR (default build-bench), JOBS (default 2), IDEM_BENCH_REDIS_PORT
 # (default 26479), IDEM_BENCH_REDIS_CLUSTER_PORT (default 26500: a 3-master, 3-replica Redis
@@ -42,6 +45,7 @@ adapters_only=0
 publish=0
 peer=1
 only=""
+group_only=0
 for arg in "$@"; do
   case "$arg" in
     --quick) quick=1 ;;
@@ -49,6 +53,7 @@ for arg in "$@"; do
     --no-peer) peer=0 ;;
     --adapters) adapters_only=1 ;;
     --only=*) only=${arg#--only=}; only=${only//,/ } ;;
+    --group) group_only=1; only="sqlite redis postgres"; peer=0 ;;
     *) sed -n '2,30p' "$0"; exit 2 ;;
   esac
 done
@@ -183,13 +188,19 @@ for backend in "${backends[@]}"; do
   echo "run.sh: idem_bench_$backend"
   flags=("${gbench[@]}")
   [ "$backend" = postgres ] && flags=("${pg_gbench[@]}")
+  if ((group_only)); then
+    # Each group benchmark sets its own minimum time (its units are long); three repetitions,
+    # interleaved, reported as medians.
+    flags=(--benchmark_filter=/group --benchmark_repetitions=3
+           --benchmark_enable_random_interleaving=true --benchmark_report_aggregates_only=true)
+  fi
   "$build/bench/idem_bench_$backend" "${flags[@]}" \
     --benchmark_out="$out/$backend.json" --benchmark_out_format=json
 done
 
 # ---- Redis Cluster: idem on the cluster against idem on the single server, at the same load ------
-case " ${backends[*]} " in
-  *" redis "*)
+case "$group_only ${backends[*]} " in
+  "0 "*" redis "*)  # not with --group
     echo "run.sh: idem_bench_redis_cluster (6 nodes on 127.0.0.1:$cluster_port..$((cluster_port + 5)))"
     cmake --build "$build" -j"$jobs" --target idem_bench_redis_cluster
     sh backends/redis/tests/redis_cluster.sh start "$cluster_port" "$cluster_dir" >/dev/null

@@ -422,7 +422,7 @@ void RegisterGroup(const std::string& backend, const std::string& name, SqliteSy
                         .grouped = s.processor.get(),
                         .grouped_store = s.store.get(),
                         .between = [&](int64_t) { Checkpoint(s); }});
-  });
+  })->MinTime(kGroupMinSeconds);
 }
 
 void RegisterAll() {
