@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <barrier>
 #include <chrono>
 #include <iostream>
 #include <map>
@@ -15,6 +16,35 @@
 #include "idem/processor.h"
 
 namespace idem::testing {
+
+int ClaimAndCompleteFromSixteenThreads(DedupStore& store, std::string_view scope,
+                                       std::string_view prefix, int per_thread,
+                                       std::chrono::milliseconds lease) {
+  constexpr int kThreads = 16;
+  std::atomic<int> completed{0};
+  std::barrier start(kThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      start.arrive_and_wait();
+      for (int i = 0; i < per_thread; ++i) {
+        const std::string id = absl::StrCat(std::string(prefix), t, "-", i);
+        absl::StatusOr<ClaimResult> claim =
+            store.Claim(ClaimRequest{.scope = scope, .id = id, .lease = lease});
+        ASSERT_TRUE(claim.ok()) << claim.status();
+        ASSERT_EQ(claim->status, ClaimStatus::kAcquired);
+        absl::StatusOr<CompleteStatus> done =
+            store.Complete(CompleteRequest{.scope = scope, .id = id, .token = claim->token});
+        ASSERT_TRUE(done.ok()) << done.status();
+        ASSERT_EQ(*done, CompleteStatus::kCompleted);
+        completed.fetch_add(1);
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  EXPECT_EQ(completed.load(), kThreads * per_thread);
+  return 2 * kThreads * per_thread;
+}
 
 void SixteenThreadsThroughAnOutage(DedupStore& store, const Outage& outage) {
   using std::chrono::milliseconds;

@@ -1,4 +1,8 @@
-// A fault in the middle of grouped writes (docs/design.md, "Group commit"), for the server
+// Test support for group commit (docs/design.md, "Group commit"), shared by the backends' tests.
+//
+// ClaimAndCompleteFromSixteenThreads: the load under which groups form.
+//
+// SixteenThreadsThroughAnOutage: a fault in the middle of grouped writes, for the server
 // backends' tests: 16 threads process messages one at a time through one store while its server
 // is killed and restarted. Every call returns (an outcome or a status), a failed claim runs no
 // handler, a handler runs again only after a failed call for its id (I3), and every message
@@ -6,14 +10,24 @@
 #ifndef IDEM_TESTS_CONFORMANCE_GROUP_FAULTS_H_
 #define IDEM_TESTS_CONFORMANCE_GROUP_FAULTS_H_
 
+#include <chrono>
 #include <functional>
 #include <memory>
+#include <string_view>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "idem/store.h"
 
 namespace idem::testing {
+
+// 16 threads that start together, each claiming and completing `per_thread` ids of its own
+// (`prefix`, the thread's number, "-", the index) one at a time, in `scope`, with `lease`. Every
+// claim must be acquired and every completion completed (gtest assertions). Returns the number of
+// store calls made (two per id).
+int ClaimAndCompleteFromSixteenThreads(DedupStore& store, std::string_view scope,
+                                       std::string_view prefix, int per_thread,
+                                       std::chrono::milliseconds lease = kDefaultLease);
 
 struct Outage {
   // Kills the server (SIGKILL, or an immediate stop), then starts it again on the same data.

@@ -2,11 +2,9 @@
 // transactions (StoreStats::write_groups), group_limit=1 writes every call alone, the option is
 // validated and read from URIs, and a server stopped with `-m immediate` while 16 threads write
 // breaks no invariant.
-#include <barrier>
 #include <chrono>
 #include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -30,36 +28,13 @@ PostgresStoreOptions FixtureOptions(std::size_t group_limit) {
   return options;
 }
 
-// 16 threads, each claiming and completing `per_thread` ids of its own, one at a time.
-void ClaimAndComplete(DedupStore& store, int round, int per_thread) {
-  constexpr int kThreads = 16;
-  std::barrier start(kThreads);
-  std::vector<std::thread> threads;
-  for (int t = 0; t < kThreads; ++t) {
-    threads.emplace_back([&, t] {
-      start.arrive_and_wait();
-      for (int i = 0; i < per_thread; ++i) {
-        const std::string id = absl::StrCat(round, "-", t, "-", i);
-        absl::StatusOr<ClaimResult> claim = store.Claim(ClaimRequest{.scope = kScope, .id = id});
-        ASSERT_TRUE(claim.ok()) << claim.status();
-        ASSERT_EQ(claim->status, ClaimStatus::kAcquired);
-        absl::StatusOr<CompleteStatus> done =
-            store.Complete(CompleteRequest{.scope = kScope, .id = id, .token = claim->token});
-        ASSERT_TRUE(done.ok()) << done.status();
-        ASSERT_EQ(*done, CompleteStatus::kCompleted);
-      }
-    });
-  }
-  for (std::thread& thread : threads) thread.join();
-}
-
 TEST(PostgresGroupCommit, ConcurrentCallsShareTransactionsByDefault) {
   EXPECT_EQ(PostgresStoreOptions{}.group_limit, 64u);
   IDEM_ASSERT_OK_AND_ASSIGN(std::unique_ptr<DedupStore> store,
                             NewPostgresStore(FixtureOptions(PostgresStoreOptions{}.group_limit)));
   // Bounded rounds: whether a round overlaps is the scheduler's choice; one that groups shows it.
   for (int round = 0; round < 50 && store->Stats().write_groups == 0; ++round) {
-    ClaimAndComplete(*store, round, 10);
+    ClaimAndCompleteFromSixteenThreads(*store, kScope, absl::StrCat(round, "-"), 10);
   }
   const StoreStats stats = store->Stats();
   EXPECT_GT(stats.write_groups, 0u);
@@ -70,7 +45,7 @@ TEST(PostgresGroupCommit, ConcurrentCallsShareTransactionsByDefault) {
 TEST(PostgresGroupCommit, GroupLimitOneWritesEveryCallAlone) {
   IDEM_ASSERT_OK_AND_ASSIGN(std::unique_ptr<DedupStore> store,
                             NewPostgresStore(FixtureOptions(1)));
-  ClaimAndComplete(*store, 0, 10);
+  ClaimAndCompleteFromSixteenThreads(*store, kScope, absl::StrCat(0, "-"), 10);
   EXPECT_EQ(store->Stats().write_groups, 0u);
   EXPECT_EQ(store->Stats().grouped_calls, 0u);
   EXPECT_EQ(store->Stats().completed, 16u * 10u);

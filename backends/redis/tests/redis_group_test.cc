@@ -4,12 +4,10 @@
 #include <signal.h>
 
 #include <atomic>
-#include <barrier>
 #include <chrono>
 #include <filesystem>
 #include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -22,6 +20,7 @@
 namespace idem {
 namespace {
 
+using ::idem::testing::ClaimAndCompleteFromSixteenThreads;
 using ::idem::testing::StatusIs;
 using ::idem::testing::TestRedisServer;
 
@@ -37,36 +36,13 @@ RedisStoreOptions FixtureOptions(std::size_t group_limit) {
   return options;
 }
 
-// 16 threads, each claiming and completing `per_thread` ids of its own, one at a time.
-void ClaimAndComplete(DedupStore& store, int round, int per_thread) {
-  constexpr int kThreads = 16;
-  std::barrier start(kThreads);
-  std::vector<std::thread> threads;
-  for (int t = 0; t < kThreads; ++t) {
-    threads.emplace_back([&, t] {
-      start.arrive_and_wait();
-      for (int i = 0; i < per_thread; ++i) {
-        const std::string id = absl::StrCat(round, "-", t, "-", i);
-        absl::StatusOr<ClaimResult> claim = store.Claim(ClaimRequest{.scope = kScope, .id = id});
-        ASSERT_TRUE(claim.ok()) << claim.status();
-        ASSERT_EQ(claim->status, ClaimStatus::kAcquired);
-        absl::StatusOr<CompleteStatus> done =
-            store.Complete(CompleteRequest{.scope = kScope, .id = id, .token = claim->token});
-        ASSERT_TRUE(done.ok()) << done.status();
-        ASSERT_EQ(*done, CompleteStatus::kCompleted);
-      }
-    });
-  }
-  for (std::thread& thread : threads) thread.join();
-}
-
 TEST(RedisGroupCommit, ConcurrentCallsShareRoundTripsByDefault) {
   IDEM_ASSERT_OK_AND_ASSIGN(std::unique_ptr<DedupStore> store,
                             NewRedisStore(FixtureOptions(RedisStoreOptions{}.group_limit)));
   EXPECT_EQ(RedisStoreOptions{}.group_limit, 64u);
   // Bounded rounds: whether a round overlaps is the scheduler's choice; one that groups shows it.
   for (int round = 0; round < 50 && store->Stats().write_groups == 0; ++round) {
-    ClaimAndComplete(*store, round, 20);
+    ClaimAndCompleteFromSixteenThreads(*store, kScope, absl::StrCat(round, "-"), 20);
   }
   const StoreStats stats = store->Stats();
   EXPECT_GT(stats.write_groups, 0u);
@@ -76,7 +52,7 @@ TEST(RedisGroupCommit, ConcurrentCallsShareRoundTripsByDefault) {
 
 TEST(RedisGroupCommit, GroupLimitOneSendsEveryCallAlone) {
   IDEM_ASSERT_OK_AND_ASSIGN(std::unique_ptr<DedupStore> store, NewRedisStore(FixtureOptions(1)));
-  ClaimAndComplete(*store, 0, 40);
+  ClaimAndCompleteFromSixteenThreads(*store, kScope, absl::StrCat(0, "-"), 40);
   EXPECT_EQ(store->Stats().write_groups, 0u);
   EXPECT_EQ(store->Stats().grouped_calls, 0u);
   EXPECT_EQ(store->Stats().completed, 16u * 40u);

@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "conformance/group_faults.h"
 #include "idem/processor.h"
 #include "idem/sqlite_store.h"
 #include "sqlite_store_testing.h"
@@ -48,23 +49,8 @@ void OnThreads(Body body) {
 // kThreads threads, each claiming and completing kPerThread ids of its own, one at a time.
 // Returns the number of calls; every one must succeed.
 int ClaimAndCompleteFromManyThreads(DedupStore& store, std::string_view prefix) {
-  std::atomic<int> completed{0};
-  OnThreads([&](int t) {
-    for (int i = 0; i < kPerThread; ++i) {
-      const std::string id = absl::StrCat(std::string(prefix), t, "-", i);
-      absl::StatusOr<ClaimResult> claim =
-          store.Claim(ClaimRequest{.scope = kScope, .id = id, .lease = kLease});
-      ASSERT_TRUE(claim.ok()) << claim.status();
-      ASSERT_EQ(claim->status, ClaimStatus::kAcquired);
-      absl::StatusOr<CompleteStatus> done =
-          store.Complete(CompleteRequest{.scope = kScope, .id = id, .token = claim->token});
-      ASSERT_TRUE(done.ok()) << done.status();
-      ASSERT_EQ(*done, CompleteStatus::kCompleted);
-      completed.fetch_add(1);
-    }
-  });
-  EXPECT_EQ(completed.load(), kThreads * kPerThread);
-  return 2 * kThreads * kPerThread;
+  static_assert(kThreads == 16);
+  return ClaimAndCompleteFromSixteenThreads(store, kScope, prefix, kPerThread, kLease);
 }
 
 int64_t Count(const std::vector<std::string>& statements, std::string_view text) {
