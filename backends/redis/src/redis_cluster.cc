@@ -9,6 +9,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "internal/strings.h"
+#include "internal/uri.h"
 #include "redis_strings.h"
 
 namespace idem::internal::redis {
@@ -179,7 +180,7 @@ std::optional<Redirect> ParseRedirect(std::string_view error, std::string_view a
 absl::StatusOr<std::vector<NodeAddress>> ParseSeedList(std::string_view host,
                                                        std::optional<int64_t> last_port) {
   auto error = [](std::string_view what) {
-    return absl::InvalidArgumentError(Cat("malformed redis+cluster URI: ", what));
+    return internal::UriError("redis+cluster", what);
   };
   std::vector<NodeAddress> seeds;
   if (host.find(',') == std::string_view::npos) {
