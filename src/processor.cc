@@ -496,7 +496,12 @@ std::vector<absl::StatusOr<ProcessResult>> Processor::ProcessBatch(
           .attempt = entry.attempt};
     }
   }
-  AskRepeatsAgain(messages, requests, out, events);
+  // Ids whose record this batch completed (processed, or completed with its version refused).
+  absl::flat_hash_set<std::string_view> completed_here;
+  for (std::size_t k = 0; k < completed_entries.size() && k < done.size(); ++k) {
+    if (done[k].ok()) completed_here.insert(messages[completed_entries[k]->index].id);
+  }
+  AskRepeatsAgain(messages, requests, completed_here, out, events);
   if (observer != nullptr) {
     for (std::size_t i = 0; i < messages.size(); ++i) Report(*observer, events[i], out[i]);
   }
@@ -505,21 +510,18 @@ std::vector<absl::StatusOr<ProcessResult>> Processor::ProcessBatch(
 
 void Processor::AskRepeatsAgain(std::span<const Message> messages,
                                 std::span<const ClaimRequest> requests,
+                                const absl::flat_hash_set<std::string_view>& completed_here,
                                 std::vector<absl::StatusOr<ProcessResult>>& out,
                                 std::vector<ProcessEvent>& events) const {
   // A message whose id an earlier message of the batch claimed (a producer retry written twice,
   // back to back) met that claim open and was answered in progress. Once the batch completed the
   // claim, the store is asked again and answers what a later delivery would hear: duplicate, or
   // conflict for another payload. One more round trip, only when a batch repeats an id.
-  absl::flat_hash_set<std::string_view> processed;
-  for (std::size_t i = 0; i < messages.size(); ++i) {
-    if (out[i].ok() && out[i]->outcome == Outcome::kProcessed) processed.insert(messages[i].id);
-  }
   std::vector<std::size_t> repeats;
   std::vector<ClaimRequest> again;
   for (std::size_t i = 0; i < messages.size(); ++i) {
     if (out[i].ok() && out[i]->outcome == Outcome::kInProgress &&
-        processed.contains(messages[i].id)) {
+        completed_here.contains(messages[i].id)) {
       repeats.push_back(i);
       again.push_back(requests[i]);
     }

@@ -23,6 +23,7 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -160,9 +161,12 @@ class Processor {
   ClaimRequest MakeClaim(const Message& message) const;
   // OutcomeOfClaim, with retry_after filled in from the store's clock.
   ProcessResult NotAcquired(const ClaimResult& claim) const;
-  // ProcessBatch's last step: messages that repeat an id the batch processed are asked again
-  // (their first answer was the batch's own open claim). `events` is empty without an observer.
+  // ProcessBatch's last step: messages that repeat an id whose record the batch completed
+  // (`completed_here`) are asked again (their first answer was the batch's own open claim). Ids
+  // whose claim the batch released are not: claiming them again would count an attempt that
+  // never ran. `events` is empty without an observer.
   void AskRepeatsAgain(std::span<const Message> messages, std::span<const ClaimRequest> requests,
+                       const absl::flat_hash_set<std::string_view>& completed_here,
                        std::vector<absl::StatusOr<ProcessResult>>& out,
                        std::vector<ProcessEvent>& events) const;
 

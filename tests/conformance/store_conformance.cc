@@ -707,6 +707,34 @@ TEST_P(StoreConformance, ProcessBatchWithTheSameIdTwiceRunsItOnce) {
   EXPECT_EQ(MustClaim("twice").status, ClaimStatus::kDuplicate);
 }
 
+// The first copy's handler runs while another consumer applies a newer version of its key: the
+// record is completed with its version refused (stale). The copy is asked again all the same, and
+// hears what a later delivery would (the completed record), never "in progress".
+TEST_P(StoreConformance, ProcessBatchAsksARepeatAgainAfterAStaleCompletion) {
+  IDEM_ASSERT_OK_AND_ASSIGN(Processor processor, Processor::Create(*store_, std::string(kScope)));
+  const VersionStamp v5{.key = "user-7", .version = 5};
+  std::vector<Message> messages = {{.id = "late", .payload = "p", .version = v5},
+                                   {.id = "late", .payload = "p", .version = v5}};
+  int runs = 0;
+  auto out = processor.ProcessBatch(messages, [&](HandlerContext&) {
+    ++runs;
+    ClaimRequest newer = ClaimOf("rival", Lease());
+    newer.version = VersionStamp{.key = "user-7", .version = 9};
+    IDEM_ASSERT_OK_AND_ASSIGN(ClaimResult rival, store_->Claim(newer));
+    ASSERT_EQ(rival.status, ClaimStatus::kAcquired);
+    IDEM_ASSERT_OK(store_->Complete(CompleteRequest{
+        .scope = kScope, .id = "rival", .token = rival.token,
+        .version = VersionStamp{.key = "user-7", .version = 9}}));
+  });
+  ASSERT_EQ(out.size(), 2u);
+  IDEM_ASSERT_OK(out[0]);
+  EXPECT_EQ(out[0]->outcome, Outcome::kStale) << "completed, its version refused";
+  IDEM_ASSERT_OK(out[1]);
+  EXPECT_NE(out[1]->outcome, Outcome::kInProgress) << "asked again after the batch";
+  EXPECT_EQ(runs, 1);
+  EXPECT_EQ(MustClaim("late").status, ClaimStatus::kDuplicate) << "the record is completed";
+}
+
 TEST_P(StoreConformance, ProcessBatchRenewsLateClaimsAndSkipsOnesLostMeanwhile) {
   ManualClock batch_clock;  // what the processor measures the batch's duration with
   IDEM_ASSERT_OK_AND_ASSIGN(
