@@ -323,6 +323,66 @@ TEST(RedisCluster, IdemAdminFindsRecords) {
             absl::StatusCode::kInvalidArgument);
 }
 
+// AUTH is sent on every connection to every node: an ACL user that exists on every node (ACLs
+// are per node in a cluster) works on calls spread over all masters; a wrong password is refused
+// at open, and the password shows in no status.
+TEST(RedisCluster, AuthenticatesOnEveryNode) {
+  const std::string user = absl::StrCat("idem-auth-", getpid());
+  const std::string password = "s3cret/with@odd:chars";
+  for (int node = 0; node < 6; ++node) {
+    ASSERT_TRUE(RedisCommand(ClusterPort(node), {"ACL", "SETUSER", user, "reset", "on",
+                                                 ">" + password, "~*", "&*", "+@all"})
+                    .ok())
+        << node;
+  }
+  const std::string userinfo = absl::StrCat(user, ":s3cret%2Fwith%40odd%3Achars@");
+  const std::string uri = absl::StrCat("redis+cluster://", userinfo, "127.0.0.1:", ClusterPort(0),
+                                       ",127.0.0.1:", ClusterPort(1), "/?prefix=", Prefix("auth"));
+  {
+    absl::StatusOr<std::unique_ptr<DedupStore>> store = OpenStore(uri);
+    ASSERT_TRUE(store.ok()) << store.status();
+    std::vector<ClaimRequest> claims;
+    std::vector<std::string> ids;
+    for (int i = 0; i < 60; ++i) ids.push_back(absl::StrCat("auth-", i));
+    for (int i = 0; i < 60; ++i) {
+      ClaimRequest request{.scope = "s", .id = ids[i]};
+      if (i % 2 == 0) request.version = VersionStamp{.key = ids[i], .version = 1};
+      claims.push_back(request);
+    }
+    std::set<int> thirds;
+    std::vector<absl::StatusOr<ClaimResult>> claimed = (*store)->ClaimBatch(claims);
+    for (int i = 0; i < 60; ++i) {
+      ASSERT_TRUE(claimed[i].ok()) << i << ": " << claimed[i].status();
+      ASSERT_EQ(claimed[i]->status, ClaimStatus::kAcquired) << i;
+      absl::StatusOr<CompleteStatus> done = (*store)->Complete(CompleteRequest{
+          .scope = "s", .id = ids[i], .token = claimed[i]->token, .version = claims[i].version});
+      ASSERT_TRUE(done.ok()) << i << ": " << done.status();
+      std::string key;
+      AppendClusterTag(&key, Prefix("auth"), "s", ids[i]);
+      thirds.insert(KeySlot(key) * 3 / internal::redis::kClusterSlots);
+    }
+    EXPECT_EQ(thirds.size(), 3u) << "the ids span every third of the slots";
+    // The default user needs no password on the fixture, so success alone would not show AUTH:
+    // every master the calls went to holds a connection logged in as the ACL user.
+    int masters = 0;
+    for (int node = 0; node < 6; ++node) {
+      absl::StatusOr<std::string> role = RedisCommand(ClusterPort(node), {"ROLE"});
+      if (!role.ok() || role->substr(0, 6) != "master") continue;
+      ++masters;
+      absl::StatusOr<std::string> clients = RedisCommand(ClusterPort(node), {"CLIENT", "LIST"});
+      ASSERT_TRUE(clients.ok()) << clients.status();
+      EXPECT_NE(clients->find(absl::StrCat("user=", user)), std::string::npos)
+          << "master on port " << ClusterPort(node) << " has no connection of " << user;
+    }
+    EXPECT_EQ(masters, 3);
+  }
+  absl::StatusOr<std::unique_ptr<DedupStore>> refused = OpenStore(absl::StrCat(
+      "redis+cluster://", user, ":wrong-s3cret@127.0.0.1:", ClusterPort(0), "/?prefix=x"));
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnauthenticated) << refused.status();
+  EXPECT_EQ(refused.status().message().find("wrong-s3cret"), std::string_view::npos);
+  for (int node = 0; node < 6; ++node) (void)RedisCommand(ClusterPort(node), {"ACL", "DELUSER", user});
+}
+
 TEST(RedisCluster, OpenErrors) {
   // A seed that is not in cluster mode, or nothing listening: the store is not opened.
   absl::StatusOr<std::unique_ptr<DedupStore>> none =
