@@ -65,6 +65,19 @@ using internal::pg::Statement;
 using internal::pg::StatementMode;
 using internal::pg::TokenToSql;
 
+// Appends a version stamp to a batch's key and version columns (its key, its 8-byte big-endian
+// version), or a NULL to each when the entry has none.
+void AppendVersion(const std::optional<VersionStamp>& version, ArrayBuilder& keys,
+                   ArrayBuilder& versions) {
+  if (version) {
+    keys.Bytes(version->key);
+    versions.Bytes(internal::pg::EncodeVersion(version->version));
+  } else {
+    keys.Null();
+    versions.Null();
+  }
+}
+
 // The claim: insert a fresh IN_PROGRESS record, or take over one that is claimable, decided by the
 // upsert's own WHERE: no fingerprint conflict, and either COMPLETED past its retention (a fresh
 // claim, attempts 1) or RELEASED / IN_PROGRESS with an expired lease below max_attempts
@@ -901,13 +914,7 @@ class PostgresStore final : public DedupStore {
         tokens.Int8(TokenToSql(a.token));
         leases.Int8(r.lease.count());
         fingerprints.OptionalBytes(a.fingerprint);
-        if (r.version) {
-          keys.Bytes(r.version->key);
-          versions.Bytes(internal::pg::EncodeVersion(r.version->version));
-        } else {
-          keys.Null();
-          versions.Null();
-        }
+        AppendVersion(r.version, keys, versions);
       }
       g.scopes = scopes.Encoded();
       g.ids = ids.Encoded();
@@ -1062,13 +1069,7 @@ class PostgresStore final : public DedupStore {
         } else {
           fingerprints.Null();
         }
-        if (r.version) {
-          keys.Bytes(r.version->key);
-          versions.Bytes(internal::pg::EncodeVersion(r.version->version));
-        } else {
-          keys.Null();
-          versions.Null();
-        }
+        AppendVersion(r.version, keys, versions);
       }
       round.scopes = scopes.Encoded();
       round.ids = ids.Encoded();
