@@ -244,8 +244,9 @@ TEST(RabbitMqTest, InProgressWaitsInARetryQueueUntilTheOtherLeaseEnds) {
   const std::string queue = Unique("inprog");
   IDEM_ASSERT_OK_AND_ASSIGN(std::unique_ptr<DedupStore> store, NewMemoryStore());
   IDEM_ASSERT_OK_AND_ASSIGN(Processor p, Processor::Create(*store, "rmq"));
-  // The lease ends 300 ms after this point at the earliest: no takeover before.
-  const auto claimed_at = std::chrono::steady_clock::now();
+  // The lease ends 300 ms after this point at the earliest: no takeover before. The store
+  // counts whole milliseconds, so the end it records may fall up to 1 ms before claimed_at + 300.
+  const auto claimed_at = std::chrono::steady_clock::now() - milliseconds(1);
   IDEM_ASSERT_OK_AND_ASSIGN(ClaimResult held,
                             store->Claim({.scope = "rmq", .id = "i-1", .lease = milliseconds(300)}));
   ASSERT_EQ(held.status, ClaimStatus::kAcquired);
@@ -268,8 +269,9 @@ TEST(RabbitMqTest, NackRequeueModeHoldsTheDeliveryThenRequeuesIt) {
   const std::string queue = Unique("requeue");
   IDEM_ASSERT_OK_AND_ASSIGN(std::unique_ptr<DedupStore> store, NewMemoryStore());
   IDEM_ASSERT_OK_AND_ASSIGN(Processor p, Processor::Create(*store, "rmq"));
-  // The lease ends 300 ms after this point at the earliest: no takeover before.
-  const auto claimed_at = std::chrono::steady_clock::now();
+  // The lease ends 300 ms after this point at the earliest: no takeover before. The store
+  // counts whole milliseconds, so the end it records may fall up to 1 ms before claimed_at + 300.
+  const auto claimed_at = std::chrono::steady_clock::now() - milliseconds(1);
   IDEM_ASSERT_OK_AND_ASSIGN(ClaimResult held,
                             store->Claim({.scope = "rmq", .id = "r-1", .lease = milliseconds(300)}));
   ASSERT_EQ(held.status, ClaimStatus::kAcquired);
